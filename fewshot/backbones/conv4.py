@@ -1,0 +1,39 @@
+"""Conv-4: four conv-BN-ReLU-maxpool blocks (Vinyals et al. 2016; Snell et al. 2017)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def conv_block(in_channels: int, out_channels: int, pool: bool = True) -> nn.Sequential:
+    layers: list[nn.Module] = [
+        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    ]
+    if pool:
+        layers.append(nn.MaxPool2d(2))
+    return nn.Sequential(*layers)
+
+
+class Conv4(nn.Module):
+    """``[B, C, H, W]`` -> ``[B, hidden * (H/16) * (W/16)]`` (``[B, 64]`` for 28x28 Omniglot).
+
+    Args:
+        in_channels: image channels.
+        hidden: channels of every block (64 in the papers).
+        depth: number of blocks.
+        flatten: return flat vectors; ``False`` keeps the ``[B, hidden, h, w]`` maps (Relation networks).
+    """
+
+    def __init__(self, in_channels: int = 1, hidden: int = 64, depth: int = 4, flatten: bool = True) -> None:
+        super().__init__()
+        self.blocks = nn.Sequential(
+            *[conv_block(in_channels if i == 0 else hidden, hidden) for i in range(depth)]
+        )
+        self.flatten = flatten
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        features = self.blocks(images)
+        return features.flatten(1) if self.flatten else features

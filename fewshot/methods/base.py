@@ -1,0 +1,75 @@
+"""The one interface every method implements: a task's support set and query images in, query logits out."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fewshot.data.task import Task
+
+
+class FewShotMethod(nn.Module):
+    """Base class of all methods.
+
+    Subclasses implement :meth:`forward`; training, evaluation and prediction only ever call
+    :meth:`forward` and :meth:`loss`, so a new method works with all of them.
+
+    Args:
+        backbone: feature extractor ``[B, C, H, W] -> [B, D]``.
+    """
+
+    def __init__(self, backbone: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(
+        self, support_images: torch.Tensor, support_labels: torch.Tensor, query_images: torch.Tensor
+    ) -> torch.Tensor:
+        """Logits ``[M, N]`` of the ``M`` query images over the task's ``N`` classes.
+
+        Args:
+            support_images: ``[N*K, C, H, W]``; support_labels: ``[N*K]`` in ``0..N-1``;
+            query_images: ``[M, C, H, W]``.
+        """
+        raise NotImplementedError
+
+    def loss(self, task: Task) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(loss, query logits)`` for one labelled task; cross-entropy on the queries unless overridden."""
+        logits = self(task.support_images, task.support_labels, task.query_images)
+        return F.cross_entropy(logits, task.query_labels), logits
+
+
+class MetricMethod(FewShotMethod):
+    """A method that embeds every image independently, then compares embeddings.
+
+    Because an image's embedding does not depend on the task, evaluation embeds each image of a split once
+    and draws any number of episodes from the cached features (:meth:`classify`).
+    """
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """``[B, C, H, W]`` -> ``[B, D]``."""
+        return self.backbone(images)
+
+    def classify(
+        self, support_features: torch.Tensor, support_labels: torch.Tensor, query_features: torch.Tensor
+    ) -> torch.Tensor:
+        """Logits ``[M, N]`` from support features ``[N*K, D]`` and query features ``[M, D]``."""
+        raise NotImplementedError
+
+    def forward(
+        self, support_images: torch.Tensor, support_labels: torch.Tensor, query_images: torch.Tensor
+    ) -> torch.Tensor:
+        # One backbone pass over support and query together: half the kernel launches, one BN batch.
+        features = self.embed(torch.cat([support_images, query_images]))
+        n_support = support_images.shape[0]
+        return self.classify(features[:n_support], support_labels, features[n_support:])
+
+
+def class_means(features: torch.Tensor, labels: torch.Tensor, num_classes: int | None = None) -> torch.Tensor:
+    """Mean feature of each class: ``[n, D]`` features with labels ``[n]`` -> ``[N, D]``."""
+    num_classes = int(labels.max()) + 1 if num_classes is None else num_classes
+    sums = torch.zeros(num_classes, features.shape[1], dtype=features.dtype, device=features.device)
+    sums.index_add_(0, labels, features)
+    counts = torch.bincount(labels, minlength=num_classes).clamp_min(1).to(features.dtype)
+    return sums / counts[:, None]

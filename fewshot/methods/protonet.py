@@ -1,0 +1,40 @@
+"""Prototypical networks (Snell et al. 2017): classify by distance to the mean support embedding per class."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fewshot.methods.base import MetricMethod, class_means
+
+
+class ProtoNet(MetricMethod):
+    """Logits are minus the squared Euclidean distance to each prototype, or a scaled cosine similarity.
+
+    Args:
+        backbone: feature extractor.
+        distance: ``"euclidean"`` (squared, the paper's choice) or ``"cosine"``.
+        cosine_scale: initial value of the learnable temperature used with the cosine distance.
+    """
+
+    def __init__(self, backbone: nn.Module, distance: str = "euclidean", cosine_scale: float = 10.0) -> None:
+        super().__init__(backbone)
+        if distance not in ("euclidean", "cosine"):
+            raise ValueError(f"distance must be 'euclidean' or 'cosine' (got {distance!r})")
+        self.distance = distance
+        self.scale = nn.Parameter(torch.tensor(float(cosine_scale))) if distance == "cosine" else None
+
+    def classify(
+        self, support_features: torch.Tensor, support_labels: torch.Tensor, query_features: torch.Tensor
+    ) -> torch.Tensor:
+        support_features, query_features = support_features.float(), query_features.float()
+        prototypes = class_means(support_features, support_labels)
+        if self.scale is not None:
+            return self.scale * F.normalize(query_features, dim=1) @ F.normalize(prototypes, dim=1).T
+        # ||q - p||^2 = ||q||^2 - 2 q.p + ||p||^2, as one matrix product instead of an [M, N, D] difference.
+        return -(
+            query_features.pow(2).sum(1, keepdim=True)
+            - 2 * query_features @ prototypes.T
+            + prototypes.pow(2).sum(1)[None, :]
+        )
