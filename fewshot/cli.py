@@ -8,6 +8,8 @@ import sys
 from collections.abc import Callable, Sequence
 
 from fewshot.data import DATASETS, DataError
+from fewshot.training.checkpoint import CheckpointError
+from fewshot.training.trainer import TrainingError
 
 
 class UsageError(Exception):
@@ -73,9 +75,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         func: Callable[[argparse.Namespace], int] = args.func
         return func(args)
-    except (UsageError, DataError) as err:
+    except (UsageError, DataError, CheckpointError) as err:
         print(f"fewshot: error: {err}", file=sys.stderr)
         return 2
+    except TrainingError as err:
+        print(f"fewshot: training stopped: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("fewshot: interrupted", file=sys.stderr)
         return 130

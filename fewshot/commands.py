@@ -1,24 +1,315 @@
-"""Sub-commands beyond ``episodes``: the demo, training, evaluation and prediction."""
+"""Sub-commands ``train``, ``evaluate``, ``predict`` and ``demo``.
+
+Settings resolve in three layers: built-in defaults < ``--recipe`` < flags given on the command line.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from fewshot.data import DataError, FewShotDataset, load_dataset, split_by_fraction, split_by_groups
+
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "method": "protonet", "backbone": "conv4", "distance": "euclidean",
+    "dataset": "omniglot", "root": None, "split": None, "image_size": 28, "rotations": False,
+    "val_alphabets": None, "val_fraction": 0.2, "holdout_alphabets": None, "final": False,
+    "ways": 60, "shots": 1, "queries": 5, "episodes": 5000, "time_budget": None,
+    "lr": 1e-3, "lr_schedule": "cosine", "weight_decay": 0.0, "grad_clip": None, "augment": "none",
+    "val_every": 500, "val_episodes": 300, "val_ways": 20, "val_shots": 1, "val_queries": 5,
+    "val_within_alphabet": True, "seed": 0, "device": "auto", "precision": "auto", "channels_last": True,
+}
+DATA_KEYS = ("dataset", "root", "split", "image_size", "rotations", "val_alphabets", "val_fraction",
+             "holdout_alphabets", "final", "seed")
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    from fewshot.data import TaskSampler, build_task, load_dataset
+def _alphabets(value: str | None) -> list[str] | None:
+    return [a.strip() for a in value.split(",") if a.strip()] if value else None
 
-    dataset = load_dataset("glyphs", split="evaluation", glyph_classes=50)
-    sampler = TaskSampler(dataset, 5, 1, 5, num_tasks=3, seed=args.seed)
-    for spec in sampler.specs():
-        task = build_task(dataset, spec)
-        print(f"task: {task.ways}-way {task.shots}-shot, support {tuple(task.support_images.shape)}, "
-              f"query {tuple(task.query_images.shape)}, classes {', '.join(task.class_names)}")
-    print("data pipeline ok (training arrives with the ProtoNet issue)")
+
+# -- data ------------------------------------------------------------------------------------------
+def prepare_training_data(s: dict[str, Any]) -> tuple[FewShotDataset, FewShotDataset | None]:
+    """``(train, validation)`` from the settings; validation is ``None`` for a ``--final`` run.
+
+    Held-out alphabets (``holdout_alphabets``) are removed from both; validation takes whole alphabets
+    (``val_alphabets``, or a seeded ``val_fraction`` of the classes) and never rotated copies.
+    """
+    def open_set(rotations: bool) -> FewShotDataset:
+        return load_dataset(s["dataset"], s["root"], s["split"], s["image_size"], rotations=rotations,
+                            seed=s["seed"])
+
+    plain = open_set(False)
+    rotated = open_set(True) if s["rotations"] and s["dataset"] == "omniglot" else plain
+    holdout = _alphabets(s["holdout_alphabets"]) or []
+    if holdout:
+        plain, rotated = split_by_groups(plain, holdout)[0], split_by_groups(rotated, holdout)[0]
+    if s["final"]:
+        return rotated, None
+    val_groups = _alphabets(s["val_alphabets"])
+    if val_groups:
+        return split_by_groups(rotated, val_groups)[0], split_by_groups(plain, val_groups)[1]
+    train, val = split_by_fraction(plain, s["val_fraction"], seed=s["seed"])
+    if rotated is plain:
+        return train, val
+    return split_by_groups(rotated, sorted(set(val.class_groups)))[0], val
+
+
+def _fit_val_ways(s: dict[str, Any], val: FewShotDataset | None) -> None:
+    """Shrink validation ways to what the validation classes allow, saying so."""
+    if val is None:
+        return
+    groups = val.groups()
+    largest = max(len(c) for c in groups.values()) if s["val_within_alphabet"] else val.num_classes
+    if s["val_ways"] > largest:
+        print(f"note: validation uses {largest}-way tasks (the validation classes allow no more)", file=sys.stderr)
+        s["val_ways"] = largest
+
+
+# -- train -----------------------------------------------------------------------------------------
+def resolve_train_settings(args: argparse.Namespace) -> dict[str, Any]:
+    from fewshot.recipes import get_recipe
+
+    settings = dict(TRAIN_DEFAULTS)
+    if args.recipe:
+        try:
+            settings.update(get_recipe(args.recipe))
+        except KeyError as err:
+            raise DataError(str(err.args[0])) from None
+    settings.update({k: v for k, v in vars(args).items() if k in TRAIN_DEFAULTS and v is not None})
+    return settings
+
+
+def build_train_config(s: dict[str, Any], train: FewShotDataset):
+    from fewshot.training.checkpoint import ModelSpec
+    from fewshot.training.trainer import TrainConfig
+    from fewshot.utils import default_precision, resolve_device
+
+    method_options = {"distance": s["distance"]} if s["method"] == "protonet" else {}
+    model = ModelSpec(s["method"], s["backbone"], method_options, {}, train.image_shape(),
+                      invert=s["dataset"] in ("omniglot", "glyphs"))
+    precision = s["precision"] if s["precision"] != "auto" else default_precision(resolve_device(s["device"]))
+    fields = ("ways", "shots", "queries", "episodes", "time_budget", "lr", "lr_schedule", "weight_decay",
+              "grad_clip", "augment", "val_every", "val_episodes", "val_ways", "val_shots", "val_queries",
+              "seed", "device", "channels_last")
+    return TrainConfig(model=model, precision=precision, val_within_group=s["val_within_alphabet"],
+                       data={k: s[k] for k in DATA_KEYS}, **{k: s[k] for k in fields})
+
+
+def start_training(settings: dict[str, Any], out: Path, quiet: bool = False):
+    """Create run folder ``out`` and train with the resolved ``settings``; returns the TrainResult."""
+    from fewshot.training.trainer import Trainer
+
+    if settings["method"] not in _methods():
+        raise DataError(f"unknown method '{settings['method']}'; choose one of {', '.join(_methods())}")
+    if (out / "last.pt").exists():
+        raise DataError(f"{out} already holds a run; pass --resume {out} to continue it, or choose another --out")
+    train, val = prepare_training_data(settings)
+    _fit_val_ways(settings, val)
+    trainer = Trainer(build_train_config(settings, train), train, val, out)
+    return _fit(trainer, quiet)
+
+
+def _fit(trainer, quiet: bool):
+    val = trainer.val_set
+    print(f"training {trainer.config.model.method}/{trainer.config.model.backbone} on {trainer.train_set.describe()}"
+          f"; validation: {val.describe() if val is not None else 'none (final run)'}", file=sys.stderr)
+    result = trainer.fit(show_progress=not quiet)
+    best = f", best validation accuracy {result.best_val_accuracy:.4f}" if result.best_val_accuracy else ""
+    print(f"trained {result.episodes} episodes in {result.elapsed_s / 60:.1f} min{best}; run folder {result.run_dir}",
+          file=sys.stderr)
+    return result
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from fewshot.training.trainer import TrainConfig, Trainer
+
+    if not args.resume:
+        if not args.out:
+            raise DataError("train needs --out RUN, the folder to write the run into")
+        start_training(resolve_train_settings(args), Path(args.out), args.quiet)
+        return 0
+    run = Path(args.resume)
+    if not (run / "config.json").is_file():
+        raise DataError(f"cannot resume {run}: it holds no config.json; is it a run folder?")
+    config = TrainConfig.from_dict(json.loads((run / "config.json").read_text()))
+    for key in ("episodes", "time_budget"):  # a resumed run may be given a larger budget
+        if getattr(args, key) is not None:
+            setattr(config, key, getattr(args, key))
+    if args.backbone is not None:
+        config.model.backbone = args.backbone  # resume() refuses a checkpoint of another backbone
+    train, val = prepare_training_data(dict(config.data))
+    trainer = Trainer(config, train, val, run)
+    trainer.resume()
+    _fit(trainer, args.quiet)
     return 0
 
 
+def _methods() -> list[str]:
+    from fewshot.methods import METHODS
+
+    return list(METHODS)
+
+
+# -- evaluate --------------------------------------------------------------------------------------
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from fewshot.data import load_tasks, save_tasks
+    from fewshot.data.lake_runs import load_lake_runs
+    from fewshot.evaluation.evaluate import evaluate, evaluate_tasks
+    from fewshot.training.checkpoint import load_model
+    from fewshot.utils import default_precision, resolve_device
+
+    device = resolve_device(args.device)
+    model, spec = load_model(args.checkpoint, device)
+    precision = args.precision if args.precision != "auto" else default_precision(device)
+    if args.lake_runs:
+        result = evaluate_tasks(model, load_lake_runs(args.lake_runs, image_size=spec.image_shape[-1]), device,
+                                precision)
+        if args.json:
+            print(json.dumps(result, indent=1))
+        else:
+            for run in result["runs"]:
+                print(f"{run['run']}: error {100 * run['error_rate']:.1f}%")
+            print(f"mean error over {len(result['runs'])} runs: {100 * result['error_rate']:.2f}%")
+        return 0
+    dataset = load_dataset(args.dataset, args.root, args.split, spec.image_shape[-1], seed=args.seed)
+    if args.alphabets:
+        dataset = split_by_groups(dataset, _alphabets(args.alphabets))[1]
+    if args.episodes < 600 and not args.tasks:
+        print(f"note: {args.episodes} episodes; publishable figures use at least 600", file=sys.stderr)
+    from fewshot.data import TaskSampler
+
+    if args.tasks:
+        specs = load_tasks(args.tasks, dataset)
+    else:
+        specs = TaskSampler(dataset, args.ways, args.shots, args.queries, args.episodes, args.seed,
+                            within_group=args.within_alphabet).specs()
+    if args.save_tasks:
+        save_tasks(args.save_tasks, dataset, specs)
+    started = time.perf_counter()
+    result = evaluate(model, dataset, 0, 0, specs=specs, device=device, precision=precision,
+                      progress=not args.json)
+    seconds = time.perf_counter() - started
+    if args.csv:
+        result.write_csv(args.csv)
+    if args.json:
+        print(json.dumps(result.summary(), indent=1))
+    else:
+        print(f"{result.ways}-way {result.shots}-shot, {result.episodes} episodes ({seconds:.1f} s): accuracy "
+              f"{100 * result.accuracy:.2f}% ± {100 * result.ci95:.2f}% (95% CI); macro precision "
+              f"{100 * result.precision_macro:.1f}%, recall {100 * result.recall_macro:.1f}%, "
+              f"F1 {100 * result.f1_macro:.1f}%")
+    return 0
+
+
+# -- predict ---------------------------------------------------------------------------------------
+def cmd_predict(args: argparse.Namespace) -> int:
+    from fewshot.predict import predict
+    from fewshot.training.checkpoint import load_model
+
+    model, spec = load_model(args.checkpoint)
+    predictions = predict(model, spec, args.support, args.query, skip_corrupt=args.skip_corrupt)
+    if args.json:
+        print(json.dumps([p.__dict__ for p in predictions], indent=1))
+        return 0
+    width = max([len(p.file) for p in predictions] + [4])
+    print(f"{'file':<{width}}  {'predicted':<20} {'prob':>6}  runner-up")
+    for p in predictions:
+        runner = f"{p.runner_up} ({p.runner_up_probability:.3f})" if p.runner_up else "-"
+        print(f"{p.file:<{width}}  {p.predicted:<20} {p.probability:>6.3f}  {runner}")
+    return 0
+
+
+# -- demo ------------------------------------------------------------------------------------------
+def cmd_demo(args: argparse.Namespace) -> int:
+    from fewshot.demo import run_demo
+
+    run_demo(Path(args.out), minutes=args.minutes, seed=args.seed)
+    return 0
+
+
+# -- parsers ---------------------------------------------------------------------------------------
+def _add_train_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="meta-train a method; writes a run folder",
+                       description="Settings: built-in defaults < --recipe < flags given here.")
+    p.add_argument("--recipe", help="named best settings, e.g. omniglot-protonet")
+    p.add_argument("--method", help="protonet (default)")
+    p.add_argument("--backbone", help="conv4 (default) | resnet12")
+    p.add_argument("--distance", help="protonet: euclidean (default) | cosine")
+    p.add_argument("--dataset", choices=("omniglot", "glyphs", "folder"))
+    p.add_argument("--root")
+    p.add_argument("--split")
+    p.add_argument("--image-size", type=int)
+    p.add_argument("--rotations", action="store_const", const=True, help="add rotated Omniglot classes")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--val-alphabets", help="alphabets for validation, comma-separated")
+    g.add_argument("--val-fraction", type=float, help="fraction of classes (whole alphabets) for validation")
+    g.add_argument("--final", action="store_const", const=True, help="train on every class, no validation")
+    p.add_argument("--holdout-alphabets", help="alphabets kept out of training and validation (your test set)")
+    p.add_argument("--ways", type=int)
+    p.add_argument("--shots", type=int)
+    p.add_argument("--queries", type=int)
+    p.add_argument("--episodes", type=int, help="episode budget")
+    p.add_argument("--time-budget", type=float, help="wall-time budget in seconds")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--lr-schedule", choices=("cosine", "step", "constant"))
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--grad-clip", type=float)
+    p.add_argument("--augment", help="e.g. 'rotation=10,shear=5,scale=0.9:1.1,shift=0.1,elastic=8:4' or none")
+    p.add_argument("--val-every", type=int)
+    p.add_argument("--val-episodes", type=int)
+    p.add_argument("--val-ways", type=int)
+    p.add_argument("--val-shots", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="auto (default), cpu, cuda")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"))
+    p.add_argument("--no-channels-last", dest="channels_last", action="store_const", const=False)
+    p.add_argument("--out", help="run folder to create")
+    p.add_argument("--resume", metavar="RUN", help="continue the run in this folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+
+def _add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="accuracy ± 95%% CI over seeded episodes, or Lake's runs")
+    p.add_argument("--checkpoint", required=True, help="run folder or .pt file")
+    p.add_argument("--dataset", choices=("omniglot", "glyphs", "folder"), default="omniglot")
+    p.add_argument("--root")
+    p.add_argument("--split")
+    p.add_argument("--alphabets", help="evaluate on these alphabets only, comma-separated")
+    p.add_argument("--ways", type=int, default=5)
+    p.add_argument("--shots", type=int, default=1)
+    p.add_argument("--queries", type=int, default=15)
+    p.add_argument("--within-alphabet", action="store_true")
+    p.add_argument("--episodes", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tasks", help="replay the task list in this JSON file")
+    p.add_argument("--save-tasks", help="write the evaluated task list to this JSON file")
+    p.add_argument("--csv", help="write per-episode scores to this CSV file")
+    p.add_argument("--lake-runs", help="all_runs.zip or its folder: Lake et al.'s 20 one-shot runs")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="fp32")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
+    _add_train_parser(sub)
+    _add_evaluate_parser(sub)
+
+    p = sub.add_parser("predict", help="classify query images from a folder of labelled support images")
+    p.add_argument("--checkpoint", required=True, help="run folder or .pt file")
+    p.add_argument("--support", required=True, help="folder with one sub-folder of images per class")
+    p.add_argument("--query", required=True, nargs="+", help="image files or folders")
+    p.add_argument("--skip-corrupt", action="store_true", help="skip unreadable images with a warning")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_predict)
+
     p = sub.add_parser("demo", help="train and evaluate a ProtoNet on synthetic glyphs (about two minutes)")
+    p.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
+    p.add_argument("--minutes", type=float, default=2.0, help="training time")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo)

@@ -33,7 +33,11 @@ class Conv4(nn.Module):
             *[conv_block(in_channels if i == 0 else hidden, hidden) for i in range(depth)]
         )
         self.flatten = flatten
+        self.min_size = 2**depth
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if min(images.shape[-2:]) < self.min_size:
+            raise ValueError(f"Conv-4 needs images of at least {self.min_size}x{self.min_size} "
+                             f"(got {tuple(images.shape[-2:])}); use a larger --image-size")
         features = self.blocks(images)
         return features.flatten(1) if self.flatten else features

@@ -51,6 +51,10 @@ class MetricMethod(FewShotMethod):
         """``[B, C, H, W]`` -> ``[B, D]``."""
         return self.backbone(images)
 
+    #: Whether :meth:`classify` accepts a leading episode dimension (``[E, N*K, D]`` ...); evaluation then
+    #: classifies many episodes in one call instead of looping in Python.
+    batched_classify: bool = False
+
     def classify(
         self, support_features: torch.Tensor, support_labels: torch.Tensor, query_features: torch.Tensor
     ) -> torch.Tensor:
@@ -67,9 +71,11 @@ class MetricMethod(FewShotMethod):
 
 
 def class_means(features: torch.Tensor, labels: torch.Tensor, num_classes: int | None = None) -> torch.Tensor:
-    """Mean feature of each class: ``[n, D]`` features with labels ``[n]`` -> ``[N, D]``."""
+    """Mean feature of each class: features ``[..., n, D]``, labels ``[..., n]`` -> ``[..., N, D]``.
+
+    Leading dimensions (e.g. a batch of episodes) are kept.
+    """
     num_classes = int(labels.max()) + 1 if num_classes is None else num_classes
-    sums = torch.zeros(num_classes, features.shape[1], dtype=features.dtype, device=features.device)
-    sums.index_add_(0, labels, features)
-    counts = torch.bincount(labels, minlength=num_classes).clamp_min(1).to(features.dtype)
-    return sums / counts[:, None]
+    # A one-hot matrix product: on CPU, index_add_ is orders of magnitude slower for these small shapes.
+    one_hot = torch.nn.functional.one_hot(labels, num_classes).transpose(-1, -2).to(features.dtype)
+    return (one_hot @ features) / one_hot.sum(-1, keepdim=True).clamp_min(1)

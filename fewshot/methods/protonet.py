@@ -25,16 +25,22 @@ class ProtoNet(MetricMethod):
         self.distance = distance
         self.scale = nn.Parameter(torch.tensor(float(cosine_scale))) if distance == "cosine" else None
 
+    batched_classify = True
+
     def classify(
         self, support_features: torch.Tensor, support_labels: torch.Tensor, query_features: torch.Tensor
     ) -> torch.Tensor:
-        support_features, query_features = support_features.float(), query_features.float()
-        prototypes = class_means(support_features, support_labels)
-        if self.scale is not None:
-            return self.scale * F.normalize(query_features, dim=1) @ F.normalize(prototypes, dim=1).T
-        # ||q - p||^2 = ||q||^2 - 2 q.p + ||p||^2, as one matrix product instead of an [M, N, D] difference.
-        return -(
-            query_features.pow(2).sum(1, keepdim=True)
-            - 2 * query_features @ prototypes.T
-            + prototypes.pow(2).sum(1)[None, :]
-        )
+        """Logits ``[..., M, N]``; leading dimensions are episodes."""
+        # Distances in fp32 even under bf16 autocast: they are small differences of large terms.
+        with torch.autocast(support_features.device.type, enabled=False):
+            support_features, query_features = support_features.float(), query_features.float()
+            prototypes = class_means(support_features, support_labels)
+            if self.scale is not None:
+                normalized = F.normalize(prototypes, dim=-1).transpose(-1, -2)
+                return self.scale * F.normalize(query_features, dim=-1) @ normalized
+            # ||q - p||^2 = ||q||^2 - 2 q.p + ||p||^2: one matrix product instead of an [M, N, D] difference.
+            return -(
+                query_features.pow(2).sum(-1, keepdim=True)
+                - 2 * query_features @ prototypes.transpose(-1, -2)
+                + prototypes.pow(2).sum(-1).unsqueeze(-2)
+            )

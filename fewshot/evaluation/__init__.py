@@ -1,0 +1,1 @@
+"""Evaluation: seeded episodes, confidence intervals, Lake runs."""

@@ -1,0 +1,45 @@
+"""Recipes: named sets of the settings chosen on validation; command-line flags override them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+RECIPES: dict[str, dict[str, Any]] = {
+    # Chosen on leave-alphabets-out validation within `minimal` (see docs/results.md for the runs behind it).
+    "omniglot-protonet": {
+        "method": "protonet",
+        "backbone": "conv4",
+        "dataset": "omniglot",
+        "split": "minimal",
+        "rotations": True,
+        "ways": 60,
+        "shots": 1,
+        "queries": 5,
+        "lr": 2e-3,
+        "lr_schedule": "cosine",
+        "augment": "rotation=10,shear=5,scale=0.9:1.1,shift=0.08",
+        "episodes": 1_000_000,
+        "time_budget": 600,
+        "val_every": 250,
+    },
+    "glyphs-protonet": {
+        "method": "protonet",
+        "backbone": "conv4",
+        "dataset": "glyphs",
+        "split": "background",
+        "ways": 20,
+        "shots": 1,
+        "queries": 5,
+        "lr": 2e-3,
+        "lr_schedule": "cosine",
+        "episodes": 1_000_000,
+        "time_budget": 120,
+        "val_every": 200,
+    },
+}
+
+
+def get_recipe(name: str) -> dict[str, Any]:
+    if name not in RECIPES:
+        raise KeyError(f"unknown recipe '{name}'; choose one of {', '.join(RECIPES)}")
+    return dict(RECIPES[name])

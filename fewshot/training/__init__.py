@@ -1,0 +1,1 @@
+"""Meta-training: the episodic loop, augmentation, checkpoints."""

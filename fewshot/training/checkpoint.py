@@ -1,0 +1,103 @@
+"""What a checkpoint holds, how to rebuild its model, and errors that say which run does not fit."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fewshot.backbones import make_backbone
+from fewshot.methods import FewShotMethod, make_method
+from fewshot.utils import atomic_torch_save
+
+FORMAT = "fewshot-checkpoint/1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unreadable, or does not fit the model it is loaded into."""
+
+
+@dataclass
+class ModelSpec:
+    """Everything needed to rebuild a model and to preprocess images for it.
+
+    Attributes:
+        method / backbone: registry names; method_options / backbone_options: their keyword arguments.
+        image_shape: ``(C, H, W)`` the model was trained on.
+        invert: whether images were inverted (``1 - pixel``) on loading, as Omniglot is (ink = 1); a user's
+            black-on-white images are inverted the same way before prediction.
+    """
+
+    method: str = "protonet"
+    backbone: str = "conv4"
+    method_options: dict[str, Any] = field(default_factory=dict)
+    backbone_options: dict[str, Any] = field(default_factory=dict)
+    image_shape: tuple[int, int, int] = (1, 28, 28)
+    invert: bool = False
+
+    def build(self) -> FewShotMethod:
+        backbone = make_backbone(self.backbone, in_channels=self.image_shape[0], **self.backbone_options)
+        return make_method(self.method, backbone, **self.method_options)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "image_shape": list(self.image_shape)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
+        return cls(**{**data, "image_shape": tuple(data["image_shape"])})
+
+
+def save_checkpoint(path: Path, model: FewShotMethod, spec: ModelSpec, **extra: Any) -> None:
+    """Write ``model``'s weights, its spec and ``extra`` state (optimizer, counters) atomically."""
+    atomic_torch_save({"format": FORMAT, "spec": spec.to_dict(), "model": model.state_dict(), **extra}, path)
+
+
+def checkpoint_file(path: str | Path) -> Path:
+    """The checkpoint meant by ``path``: a ``.pt`` file, or a run folder (its ``best.pt``, else ``last.pt``)."""
+    path = Path(path)
+    if path.is_dir():
+        for name in ("best.pt", "last.pt"):
+            if (path / name).is_file():
+                return path / name
+        raise CheckpointError(f"run folder {path} holds no best.pt or last.pt; train into it first")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; pass a run folder or a .pt file")
+    return path
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    file = checkpoint_file(path)
+    try:
+        data = torch.load(file, map_location="cpu", weights_only=False)
+    except Exception as err:  # torch raises many types for a damaged file
+        raise CheckpointError(f"cannot read checkpoint {file}: {err}") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise CheckpointError(f"{file} is not a fewshot checkpoint")
+    return data
+
+
+def load_state(model: FewShotMethod, spec: ModelSpec, checkpoint: dict[str, Any], source: str) -> None:
+    """Load ``checkpoint``'s weights into ``model`` (built from ``spec``), refusing a checkpoint of another model."""
+    saved = ModelSpec.from_dict(checkpoint["spec"])
+    for attribute in ("method", "backbone", "image_shape"):
+        if getattr(saved, attribute) != getattr(spec, attribute):
+            raise CheckpointError(
+                f"checkpoint {source} was trained with {attribute} {getattr(saved, attribute)}, but this model "
+                f"uses {getattr(spec, attribute)}; use the same --{attribute.replace('_', '-')} or another run"
+            )
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0]
+        raise CheckpointError(f"checkpoint {source} does not fit this model ({first})") from None
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[FewShotMethod, ModelSpec]:
+    """Rebuild the model saved at ``path`` (run folder or ``.pt``) in eval mode."""
+    checkpoint = read_checkpoint(path)
+    spec = ModelSpec.from_dict(checkpoint["spec"])
+    model = spec.build()
+    load_state(model, spec, checkpoint, str(path))
+    return model.to(device).eval(), spec

@@ -1,0 +1,110 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import precision_recall_fscore_support
+
+from fewshot.data.lake_runs import load_lake_runs, write_lake_runs
+from fewshot.evaluation.evaluate import evaluate, evaluate_tasks
+from fewshot.evaluation.metrics import episode_scores, mean_and_ci95
+from fewshot.methods import ProtoNet
+
+
+def test_episode_scores_match_scikit_learn():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        labels = rng.integers(0, 5, 30)
+        predictions = np.where(rng.random(30) < 0.6, labels, rng.integers(0, 5, 30))
+        ours = episode_scores(torch.as_tensor(predictions), torch.as_tensor(labels), 5)
+        p, r, f, _ = precision_recall_fscore_support(labels, predictions, average="macro", zero_division=0,
+                                                     labels=np.unique(labels))
+        assert ours["accuracy"] == pytest.approx((labels == predictions).mean())
+        assert (ours["precision"], ours["recall"], ours["f1"]) == pytest.approx((p, r, f))
+
+
+def test_ci95_is_196_standard_errors():
+    values = [0.5, 0.7, 0.9, 0.6]
+    mean, half = mean_and_ci95(values)
+    assert mean == pytest.approx(0.675)
+    assert half == pytest.approx(1.96 * np.std(values, ddof=1) / 2)
+
+
+def test_evaluation_is_seeded_and_reports_fractions():
+    from fewshot.data import load_dataset
+
+    data = load_dataset("glyphs", split="evaluation", glyph_classes=30)
+    model = ProtoNet(torch.nn.Flatten())  # raw pixels: a real but untrained metric
+    a = evaluate(model, data, 5, 1, queries=3, episodes=50, seed=1)
+    b = evaluate(model, data, 5, 1, queries=3, episodes=50, seed=1)
+    c = evaluate(model, data, 5, 1, queries=3, episodes=50, seed=2)
+    assert a.summary() == b.summary() and a.summary() != c.summary()
+    assert 0.2 < a.accuracy <= 1 and 0 < a.ci95 < 0.2 and a.episodes == 50
+    assert {"accuracy", "ci95", "episodes", "ways", "shots", "precision_macro", "recall_macro",
+            "f1_macro"} <= set(a.summary())
+
+
+def test_lake_runs_error_rate_per_run(tmp_path):
+    rng = np.random.default_rng(0)
+    runs = []
+    for _ in range(3):
+        support = torch.from_numpy((rng.random((4, 1, 16, 16)) > 0.7).astype(np.float32))
+        order = rng.permutation(4)
+        runs.append((support, support[order], order))  # each query is a copy of its own class image
+    write_lake_runs(tmp_path / "all_runs", runs)
+    named = load_lake_runs(tmp_path / "all_runs", image_size=16)
+    model = ProtoNet(torch.nn.Flatten())
+    result = evaluate_tasks(model, named)
+    assert [r["run"] for r in result["runs"]] == ["run01", "run02", "run03"]
+    assert result["error_rate"] == 0.0
+    flipped = [(name, type(task)(**{**task.__dict__, "query_labels": (task.query_labels + 1) % 4}))
+               for name, task in named]
+    assert evaluate_tasks(model, flipped)["error_rate"] == 1.0
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fewshot", *args], capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("cli") / "run"
+    result = run_cli("train", "--dataset", "glyphs", "--split", "background", "--ways", "5", "--queries", "2",
+                     "--episodes", "6", "--val-every", "3", "--val-episodes", "5", "--val-ways", "5",
+                     "--precision", "fp32", "--out", str(run), "--quiet")
+    assert result.returncode == 0, result.stderr
+    return run
+
+
+def test_cli_evaluate_json_keys(trained_run):
+    result = run_cli("evaluate", "--checkpoint", str(trained_run), "--dataset", "glyphs", "--split", "evaluation",
+                     "--ways", "5", "--shots", "1", "--queries", "3", "--episodes", "600", "--json")
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert {"accuracy", "ci95", "episodes", "ways", "shots", "precision_macro", "recall_macro",
+            "f1_macro"} <= set(out)
+    assert out["episodes"] == 600 and out["ways"] == 5 and 0 <= out["accuracy"] <= 1
+
+
+def test_cli_evaluate_lake_runs(trained_run, tmp_path):
+    support = torch.rand(5, 1, 28, 28)
+    write_lake_runs(tmp_path / "runs", [(support, support, [0, 1, 2, 3, 4])] * 2)
+    result = run_cli("evaluate", "--checkpoint", str(trained_run), "--lake-runs", str(tmp_path / "runs"), "--json")
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert [r["run"] for r in out["runs"]] == ["run01", "run02"] and 0 <= out["error_rate"] <= 1
+
+
+def test_cli_resume_with_another_backbone_exits_2(trained_run):
+    result = run_cli("train", "--resume", str(trained_run), "--backbone", "resnet12", "--episodes", "8")
+    assert result.returncode == 2
+    assert "backbone conv4" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_cli_evaluate_missing_checkpoint_exits_2(tmp_path):
+    result = run_cli("evaluate", "--checkpoint", str(tmp_path / "nope"), "--dataset", "glyphs")
+    assert result.returncode == 2 and "does not exist" in result.stderr

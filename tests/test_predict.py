@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from fewshot.data import DataError
+from fewshot.data.images import CorruptImageError
+from fewshot.methods import ProtoNet
+from fewshot.predict import predict
+from fewshot.training.checkpoint import ModelSpec, save_checkpoint
+from tests.helpers import write_png
+
+SPEC = ModelSpec("protonet", "conv4", {}, {"hidden": 8}, (1, 16, 16), invert=True)
+
+
+def class_image(c: int, rng) -> np.ndarray:
+    """Black ink on white: a bar whose position names the class, plus a little noise."""
+    image = np.ones((16, 16)) - rng.random((16, 16)) * 0.1
+    image[2 + 4 * c : 5 + 4 * c, 2:14] = 0.0
+    return image
+
+
+@pytest.fixture
+def folders(tmp_path):
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(["alpha", "beta", "gamma"]):
+        for i in range(2):
+            write_png(tmp_path / "support" / name / f"{i}.png", class_image(c, rng))
+        write_png(tmp_path / "query" / f"{name}_q.png", class_image(c, rng))
+    return tmp_path
+
+
+def test_predicts_the_class_of_each_query(folders):
+    model = ProtoNet(torch.nn.Flatten())
+    results = predict(model, SPEC, folders / "support", [folders / "query"])
+    assert [r.predicted for r in results] == ["alpha", "beta", "gamma"]
+    assert all(r.probability > r.runner_up_probability for r in results)
+    assert [r.file.split("/")[-1] for r in results] == ["alpha_q.png", "beta_q.png", "gamma_q.png"]
+
+
+def test_empty_class_folder_is_named(folders):
+    (folders / "support" / "delta").mkdir()
+    with pytest.raises(DataError, match="delta"):
+        predict(ProtoNet(torch.nn.Flatten()), SPEC, folders / "support", [folders / "query"])
+
+
+def test_corrupt_query_image_is_named(folders):
+    (folders / "query" / "broken.png").write_bytes(b"\x89PNG garbage")
+    with pytest.raises(CorruptImageError, match=r"broken\.png"):
+        predict(ProtoNet(torch.nn.Flatten()), SPEC, folders / "support", [folders / "query"])
+    with pytest.warns(UserWarning, match=r"broken\.png"):
+        kept = predict(ProtoNet(torch.nn.Flatten()), SPEC, folders / "support", [folders / "query"],
+                       skip_corrupt=True)
+    assert len(kept) == 3
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fewshot", *args], capture_output=True, text=True)
+
+
+def test_cli_predict_table_json_and_errors(folders):
+    torch.manual_seed(0)
+    model = SPEC.build()
+    save_checkpoint(folders / "model.pt", model, SPEC)
+    ok = run_cli("predict", "--checkpoint", str(folders / "model.pt"), "--support", str(folders / "support"),
+                 "--query", str(folders / "query"), "--json")
+    assert ok.returncode == 0, ok.stderr
+    rows = json.loads(ok.stdout)
+    assert len(rows) == 3 and {"file", "predicted", "probability", "runner_up"} <= set(rows[0])
+    table = run_cli("predict", "--checkpoint", str(folders / "model.pt"), "--support", str(folders / "support"),
+                    "--query", str(folders / "query" / "beta_q.png"))
+    assert table.returncode == 0 and "beta_q.png" in table.stdout and "runner-up" in table.stdout
+    (folders / "support" / "empty").mkdir()
+    bad = run_cli("predict", "--checkpoint", str(folders / "model.pt"), "--support", str(folders / "support"),
+                  "--query", str(folders / "query"))
+    assert bad.returncode == 2 and "empty" in bad.stderr and "Traceback" not in bad.stderr

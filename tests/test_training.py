@@ -1,0 +1,126 @@
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+from fewshot.commands import prepare_training_data, start_training
+from fewshot.training.checkpoint import CheckpointError, ModelSpec, load_model, read_checkpoint
+from fewshot.training.trainer import TrainConfig, Trainer, TrainingError, learning_rate
+from tests.helpers import blob_dataset, glyph_settings
+
+
+def small_config(**overrides) -> TrainConfig:
+    spec = ModelSpec("protonet", "conv4", {}, {"hidden": 16}, (1, 16, 16))
+    defaults = dict(model=spec, ways=4, shots=1, queries=2, episodes=12, val_every=4, val_episodes=10, val_ways=3,
+                    val_within_group=False, device="cpu", augment="rotation=10,shift=0.1", seed=5)
+    return TrainConfig(**{**defaults, **overrides})
+
+
+def weights(model) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_run_folder_contents(tmp_path):
+    result = Trainer(small_config(), blob_dataset(), blob_dataset(seed=1), tmp_path / "run").fit(show_progress=False)
+    run = tmp_path / "run"
+    for name in ("config.json", "metrics.csv", "best.pt", "last.pt", "curves.png"):
+        assert (run / name).is_file(), name
+    with open(run / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["episode"]) for r in rows] == [4, 8, 12]
+    assert all(0 <= float(r["val_accuracy"]) <= 1 for r in rows)
+    assert json.loads((run / "config.json").read_text())["ways"] == 4
+    best = read_checkpoint(run / "best.pt")
+    best_in_csv = max(float(r["val_accuracy"]) for r in rows)
+    assert best["val_accuracy"] == pytest.approx(best_in_csv) and best_in_csv == pytest.approx(result.best_val_accuracy)
+    assert not list(run.glob("*.tmp"))  # atomic writes leave no temporaries
+
+
+def test_resume_after_a_kill_ends_with_the_same_weights(tmp_path):
+    train, val = blob_dataset(), blob_dataset(seed=1)
+    whole = Trainer(small_config(), train, val, tmp_path / "whole")
+    whole.fit(show_progress=False)
+
+    killed = Trainer(small_config(), train, val, tmp_path / "killed")
+    killed.fit(show_progress=False, stop_after=6)  # dies between checkpoints: last.pt is at episode 4
+    resumed = Trainer(small_config(), train, val, tmp_path / "killed")
+    resumed.resume()
+    assert resumed.episode == 4
+    resumed.fit(show_progress=False)
+    for key, value in weights(whole.model).items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
+    assert [r["episode"] for r in resumed.rows] == [r["episode"] for r in whole.rows]
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_last_good_checkpoint(tmp_path):
+    trainer = Trainer(small_config(), blob_dataset(), blob_dataset(seed=1), tmp_path / "run")
+    real_loss = trainer.model.loss
+    calls = {"n": 0}
+
+    def poisoned(task):
+        calls["n"] += 1
+        loss, logits = real_loss(task)
+        return (loss * float("nan"), logits) if calls["n"] > 9 else (loss, logits)
+
+    trainer.model.loss = poisoned
+    with pytest.raises(TrainingError, match=r"loss became nan at episode 9.*last\.pt keeps the last good state"):
+        trainer.fit(show_progress=False)
+    last = read_checkpoint(tmp_path / "run" / "last.pt")
+    assert last["episode"] == 8
+    assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
+
+
+def test_checkpoint_of_another_backbone_is_refused(tmp_path):
+    Trainer(small_config(episodes=4), blob_dataset(), None, tmp_path / "run").fit(show_progress=False)
+    other = small_config(model=ModelSpec("protonet", "resnet12", {}, {"widths": (8, 8, 8, 8)}, (1, 16, 16)))
+    trainer = Trainer(other, blob_dataset(), None, tmp_path / "run")
+    with pytest.raises(CheckpointError, match="trained with backbone conv4, but this model uses resnet12"):
+        trainer.resume()
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+        load_model(tmp_path / "junk.pt")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_model(tmp_path / "nothing.pt")
+
+
+def test_final_run_has_no_validation_and_best_is_last(tmp_path):
+    result = Trainer(small_config(), blob_dataset(), None, tmp_path / "run").fit(show_progress=False)
+    assert result.best_val_accuracy is None
+    best, last = read_checkpoint(tmp_path / "run" / "best.pt"), read_checkpoint(tmp_path / "run" / "last.pt")
+    for key, value in last["model"].items():
+        assert torch.equal(value, best["model"][key])
+
+
+def test_time_budget_stops_the_run(tmp_path):
+    config = small_config(episodes=10**9, time_budget=1.0, val_every=10**6)
+    result = Trainer(config, blob_dataset(), None, tmp_path / "run").fit(show_progress=False)
+    assert 1 <= result.episodes < 10**6 and result.elapsed_s < 5
+
+
+def test_learning_rate_schedules():
+    config = small_config(lr=1.0)
+    assert learning_rate(config, 0.0) == pytest.approx(1.0)
+    assert learning_rate(config, 1.0) == pytest.approx(0.02)
+    assert learning_rate(config, 0.5) == pytest.approx(0.51)
+    config.lr_schedule = "step"
+    assert [learning_rate(config, p) for p in (0.1, 0.3, 0.6, 0.99)] == [1.0, 0.5, 0.25, 0.125]
+
+
+def test_leave_alphabets_out_data_is_class_disjoint(omniglot_root):
+    settings = glyph_settings(dataset="omniglot", root=str(omniglot_root), split="minimal", rotations=True,
+                              val_alphabets="Greek", holdout_alphabets="Korean,Latin")
+    train, val = prepare_training_data(settings)
+    assert {"Greek", "Korean", "Latin"}.isdisjoint(train.class_groups)
+    assert set(val.class_groups) == {"Greek"} and not any("/rot" in n for n in val.class_names)
+    assert any(n.endswith("/rot90") for n in train.class_names)
+
+
+def test_existing_run_folder_is_not_overwritten(tmp_path):
+    start_training(glyph_settings(episodes=2, val_every=2), tmp_path / "run", quiet=True)
+    from fewshot.data import DataError
+
+    with pytest.raises(DataError, match="already holds a run; pass --resume"):
+        start_training(glyph_settings(episodes=2), tmp_path / "run", quiet=True)
