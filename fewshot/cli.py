@@ -75,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         func: Callable[[argparse.Namespace], int] = args.func
         return func(args)
-    except (UsageError, DataError, CheckpointError) as err:
+    except (UsageError, DataError, CheckpointError, ValueError) as err:  # bad input: one line, no traceback
         print(f"fewshot: error: {err}", file=sys.stderr)
         return 2
     except TrainingError as err:

@@ -15,16 +15,37 @@ from typing import Any
 from fewshot.data import DataError, FewShotDataset, load_dataset, split_by_fraction, split_by_groups
 
 TRAIN_DEFAULTS: dict[str, Any] = {
-    "method": "protonet", "backbone": "conv4", "distance": "euclidean",
+    "method": "protonet", "backbone": "conv4", "distance": "euclidean", "method_options": None,
+    "backbone_options": None,
     "dataset": "omniglot", "root": None, "split": None, "image_size": 28, "rotations": False,
     "val_alphabets": None, "val_fraction": 0.2, "holdout_alphabets": None, "final": False,
-    "ways": 60, "shots": 1, "queries": 5, "episodes": 5000, "time_budget": None,
+    "ways": 60, "shots": 1, "queries": 5, "meta_batch": 1, "episodes": 5000, "time_budget": None,
     "lr": 1e-3, "lr_schedule": "cosine", "weight_decay": 0.0, "grad_clip": None, "augment": "none",
     "val_every": 500, "val_episodes": 300, "val_ways": 20, "val_shots": 1, "val_queries": 5,
     "val_within_alphabet": True, "seed": 0, "device": "auto", "precision": "auto", "channels_last": True,
 }
 DATA_KEYS = ("dataset", "root", "split", "image_size", "rotations", "val_alphabets", "val_fraction",
              "holdout_alphabets", "final", "seed")
+
+
+def parse_options(value: str | dict | None) -> dict[str, Any]:
+    """``"margin=0.5,loss=triplet"`` -> ``{"margin": 0.5, "loss": "triplet"}`` (values read as Python literals)."""
+    if not value:
+        return {}
+    if isinstance(value, dict):
+        return dict(value)
+    import ast
+
+    options: dict[str, Any] = {}
+    for item in value.split(","):
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise DataError(f"bad option {item!r}: write key=value pairs separated by commas, e.g. margin=0.5")
+        try:
+            options[key.strip()] = ast.literal_eval(raw.strip())
+        except (ValueError, SyntaxError):
+            options[key.strip()] = raw.strip()
+    return options
 
 
 def _alphabets(value: str | None) -> list[str] | None:
@@ -89,10 +110,12 @@ def build_train_config(s: dict[str, Any], train: FewShotDataset):
     from fewshot.utils import default_precision, resolve_device
 
     method_options = {"distance": s["distance"]} if s["method"] == "protonet" else {}
-    model = ModelSpec(s["method"], s["backbone"], method_options, {}, train.image_shape(),
+    method_options.update(parse_options(s["method_options"]))
+    model = ModelSpec(s["method"], s["backbone"], method_options, parse_options(s["backbone_options"]),
+                      train.image_shape(),
                       invert=s["dataset"] in ("omniglot", "glyphs"))
     precision = s["precision"] if s["precision"] != "auto" else default_precision(resolve_device(s["device"]))
-    fields = ("ways", "shots", "queries", "episodes", "time_budget", "lr", "lr_schedule", "weight_decay",
+    fields = ("ways", "shots", "queries", "meta_batch", "episodes", "time_budget", "lr", "lr_schedule", "weight_decay",
               "grad_clip", "augment", "val_every", "val_episodes", "val_ways", "val_shots", "val_queries",
               "seed", "device", "channels_last")
     return TrainConfig(model=model, precision=precision, val_within_group=s["val_within_alphabet"],
@@ -239,6 +262,8 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--method", help="protonet (default)")
     p.add_argument("--backbone", help="conv4 (default) | resnet12")
     p.add_argument("--distance", help="protonet: euclidean (default) | cosine")
+    p.add_argument("--method-options", help="method keyword arguments, e.g. 'loss=triplet,margin=0.5'")
+    p.add_argument("--backbone-options", help="backbone keyword arguments, e.g. 'hidden=32'")
     p.add_argument("--dataset", choices=("omniglot", "glyphs", "folder"))
     p.add_argument("--root")
     p.add_argument("--split")
@@ -252,7 +277,8 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ways", type=int)
     p.add_argument("--shots", type=int)
     p.add_argument("--queries", type=int)
-    p.add_argument("--episodes", type=int, help="episode budget")
+    p.add_argument("--meta-batch", type=int, help="tasks per optimizer step (default 1)")
+    p.add_argument("--episodes", type=int, help="episode budget (optimizer steps)")
     p.add_argument("--time-budget", type=float, help="wall-time budget in seconds")
     p.add_argument("--lr", type=float)
     p.add_argument("--lr-schedule", choices=("cosine", "step", "constant"))

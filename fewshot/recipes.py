@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 RECIPES: dict[str, dict[str, Any]] = {
-    # Chosen on leave-alphabets-out validation within `minimal` (see docs/results.md for the runs behind it).
+    # Chosen on leave-alphabets-out validation within `minimal` (docs/results.md lists the runs behind each).
     "omniglot-protonet": {
         "method": "protonet",
         "backbone": "conv4",
@@ -15,7 +15,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "ways": 60,
         "shots": 1,
         "queries": 5,
-        "lr": 2e-3,
+        "lr": 1e-3,
         "lr_schedule": "cosine",
         "augment": "rotation=10,shear=5,scale=0.9:1.1,shift=0.08",
         "episodes": 1_000_000,

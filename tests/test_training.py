@@ -124,3 +124,29 @@ def test_existing_run_folder_is_not_overwritten(tmp_path):
 
     with pytest.raises(DataError, match="already holds a run; pass --resume"):
         start_training(glyph_settings(episodes=2), tmp_path / "run", quiet=True)
+
+
+def test_recipe_settings_are_overridden_by_flags():
+    from fewshot.cli import build_parser
+    from fewshot.commands import resolve_train_settings
+
+    args = build_parser().parse_args(["train", "--recipe", "omniglot-protonet", "--root", "R", "--final",
+                                      "--time-budget", "30", "--seed", "3", "--out", "x"])
+    settings = resolve_train_settings(args)
+    assert settings["rotations"] is True and settings["ways"] == 60  # from the recipe
+    assert settings["time_budget"] == 30 and settings["seed"] == 3 and settings["final"] is True  # flags win
+    assert settings["root"] == "R"
+    bad = build_parser().parse_args(["train", "--recipe", "nope", "--out", "x"])
+    from fewshot.data import DataError
+
+    with pytest.raises(DataError, match="unknown recipe 'nope'"):
+        resolve_train_settings(bad)
+
+
+def test_method_options_are_parsed():
+    from fewshot.commands import parse_options
+    from fewshot.data import DataError
+
+    assert parse_options("margin=0.5,loss=triplet,fce=True") == {"margin": 0.5, "loss": "triplet", "fce": True}
+    with pytest.raises(DataError, match="key=value"):
+        parse_options("margin")

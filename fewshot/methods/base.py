@@ -39,6 +39,14 @@ class FewShotMethod(nn.Module):
         logits = self(task.support_images, task.support_labels, task.query_images)
         return F.cross_entropy(logits, task.query_labels), logits
 
+    def batch_loss(self, tasks: list[Task]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Mean loss over a meta-batch of tasks and each task's query logits; methods may vectorise it."""
+        if len(tasks) == 1:
+            loss, logits = self.loss(tasks[0])
+            return loss, [logits]
+        losses, logits = zip(*(self.loss(task) for task in tasks), strict=True)
+        return torch.stack(losses).mean(), list(logits)
+
 
 class MetricMethod(FewShotMethod):
     """A method that embeds every image independently, then compares embeddings.

@@ -1,1 +1,6 @@
 """Meta-training: the episodic loop, augmentation, checkpoints."""
+
+from fewshot.training.checkpoint import CheckpointError, ModelSpec, load_model
+from fewshot.training.trainer import TrainConfig, Trainer, TrainingError
+
+__all__ = ["CheckpointError", "ModelSpec", "TrainConfig", "Trainer", "TrainingError", "load_model"]

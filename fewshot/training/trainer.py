@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from fewshot.data import FewShotDataset, TaskSampler, build_task
+from fewshot.data import FewShotDataset, Task, TaskSampler, build_task
 from fewshot.evaluation.evaluate import evaluate
 from fewshot.training.augment import AugmentConfig, augment_task
 from fewshot.training.checkpoint import ModelSpec, load_state, read_checkpoint, save_checkpoint
@@ -39,6 +39,7 @@ class TrainConfig:
     ways: int = 60
     shots: int = 1
     queries: int = 5
+    meta_batch: int = 1  # tasks per optimizer step; an "episode" of the budget is one step
     episodes: int = 5000
     time_budget: float | None = None  # seconds of wall time, validation included
     lr: float = 1e-3
@@ -144,21 +145,27 @@ class Trainer:
         self.best_val, self.rows, self.running = checkpoint["best_val"], checkpoint["rows"], checkpoint["running"]
 
     # -- one episode -----------------------------------------------------------------------------
-    def step(self, episode: int, lr: float) -> None:
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        task = build_task(self.train_set, self.sampler.spec(episode))
+    def task(self, index: int) -> Task:
+        """Training task ``index``: sampled, augmented (both seeded by ``(seed, index)``), on the device."""
+        task = build_task(self.train_set, self.sampler.spec(index))
         if self.augment.enabled:
-            generator = torch.Generator().manual_seed(int(np.random.SeedSequence((self.config.seed, episode))
-                                                          .generate_state(1)[0]))
-            task = augment_task(task, self.augment, generator)
+            seed = int(np.random.SeedSequence((self.config.seed, index)).generate_state(1)[0])
+            task = augment_task(task, self.augment, torch.Generator().manual_seed(seed))
         task = task.to(self.device)
         if self.config.channels_last:
             task.support_images = task.support_images.contiguous(memory_format=torch.channels_last)
             task.query_images = task.query_images.contiguous(memory_format=torch.channels_last)
+        return task
+
+    def step(self, episode: int, lr: float) -> None:
+        """One optimizer step on the ``meta_batch`` tasks of ``episode``."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        size = self.config.meta_batch
+        tasks = [self.task(episode * size + j) for j in range(size)]
         self.model.train()
         with autocast(self.device, self.config.precision):
-            loss, logits = self.model.loss(task)
+            loss, logits = self.model.batch_loss(tasks)
         if not torch.isfinite(loss):
             raise TrainingError(
                 f"the loss became {loss.item()} at episode {episode} (lr {lr:.2g}); training stopped and "
@@ -171,8 +178,9 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         self.optimizer.step()
         self.running["loss"] += float(loss.detach())
-        self.running["correct"] += float((logits.argmax(1) == task.query_labels).sum())
-        self.running["total"] += task.query_labels.numel()
+        for task, task_logits in zip(tasks, logits, strict=True):
+            self.running["correct"] += float((task_logits.argmax(-1) == task.query_labels).sum())
+            self.running["total"] += task.query_labels.numel()
         self.running["steps"] += 1
 
     def validate(self) -> tuple[float, float] | tuple[None, None]:
