@@ -53,7 +53,8 @@ def check_method(name: str, train, test, episodes: int, out: Path) -> dict:
         torch.cuda.synchronize()
         result[f"train_{precision}_episodes_per_s"] = round(fit.episodes / (time.perf_counter() - started), 1)
         rows = fit.rows
-        result[f"train_{precision}_loss_first_last"] = [round(rows[0]["train_loss"], 3), round(rows[-1]["train_loss"], 3)]
+        losses = [round(rows[0]["train_loss"], 3), round(rows[-1]["train_loss"], 3)]
+        result[f"train_{precision}_loss_first_last"] = losses
         model = trainer.model.eval()
     torch.cuda.synchronize()
     started = time.perf_counter()
