@@ -24,6 +24,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "val_every": 500, "val_episodes": 300, "val_ways": 20, "val_shots": 1, "val_queries": 5,
     "val_within_alphabet": True, "seed": 0, "device": "auto", "precision": "auto", "channels_last": True,
 }
+FIXED_HEAD_METHODS = ("maml", "metasgd", "anil")
 DATA_KEYS = ("dataset", "root", "split", "image_size", "rotations", "val_alphabets", "val_fraction",
              "holdout_alphabets", "final", "seed")
 
@@ -111,6 +112,9 @@ def build_train_config(s: dict[str, Any], train: FewShotDataset):
 
     method_options = {"distance": s["distance"]} if s["method"] == "protonet" else {}
     method_options.update(parse_options(s["method_options"]))
+    if s["method"] in FIXED_HEAD_METHODS and "ways" not in method_options:
+        # a linear head needs as many outputs as the widest task it will see, in training or validation
+        method_options["ways"] = max(s["ways"], s["val_ways"])
     model = ModelSpec(s["method"], s["backbone"], method_options, parse_options(s["backbone_options"]),
                       train.image_shape(),
                       invert=s["dataset"] in ("omniglot", "glyphs"))
