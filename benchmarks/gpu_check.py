@@ -42,7 +42,8 @@ def check_method(name: str, train, test, episodes: int, out: Path) -> dict:
     result["cpu_gpu_max_rel_diff"] = float((cpu_logits - gpu_logits).abs().max() / scale)
     result["cpu_gpu_argmax_agree"] = float((cpu_logits.argmax(1) == gpu_logits.argmax(1)).float().mean())
     for precision in ("fp32", "bf16"):
-        config = TrainConfig(model=spec, ways=ways, shots=1, queries=5, episodes=episodes, val_every=10**9,
+        config = TrainConfig(model=spec, ways=ways, shots=1, queries=5, episodes=episodes,
+                             val_every=max(1, episodes // 4),
                              device="cuda", precision=precision, channels_last=True, lr=1e-3)
         trainer = Trainer(config, train, None, out / f"{name}-{precision}")
         for i in range(3):

@@ -36,3 +36,32 @@ def write_png(path: Path, array: np.ndarray) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray((np.clip(array, 0, 1) * 255).astype(np.uint8)).save(path)
     return path
+
+
+def assert_bf16_matches_fp32(model: torch.nn.Module, task, tolerance: float = 0.05, agreement: float = 0.9) -> None:
+    """bf16 autocast keeps a method's logits fp32, within ``tolerance`` of the largest fp32 logit, same argmax."""
+    args = (task.support_images, task.support_labels, task.query_images)
+    with torch.no_grad():
+        plain = model(*args)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            half = model(*args)
+    assert half.dtype == torch.float32
+    assert (half - plain).abs().max() <= tolerance * plain.abs().max()
+    assert (half.argmax(1) == plain.argmax(1)).float().mean() >= agreement
+
+
+def assert_cached_evaluation_matches_per_task(model, data, episodes: int = 8) -> None:
+    """Evaluating a metric method from cached features gives the same episodes as running it task by task."""
+    from fewshot.evaluation.evaluate import evaluate
+
+    class Uncached(torch.nn.Module):  # same model, seen as a generic (non-metric) method
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, s, y, q):
+            return self.inner.classify(self.inner.embed(s), y, self.inner.embed(q))
+
+    cached = evaluate(model, data, 5, 1, queries=5, episodes=episodes, seed=3)
+    generic = evaluate(Uncached(model), data, 5, 1, queries=5, episodes=episodes, seed=3)
+    assert [r["accuracy"] for r in cached.per_episode] == [r["accuracy"] for r in generic.per_episode]

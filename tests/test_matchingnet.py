@@ -11,6 +11,7 @@ from fewshot.data import Task, TaskSampler, build_task, load_dataset
 from fewshot.evaluation.evaluate import evaluate
 from fewshot.methods import make_method
 from fewshot.methods.matchingnet import MatchingNet
+from tests.helpers import assert_bf16_matches_fp32
 
 SUPPORT = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [-1.0, 0.0]])
 SUPPORT_LABELS = torch.tensor([0, 1, 1, 2])
@@ -125,14 +126,7 @@ def test_bf16_autocast_matches_fp32(fce):
     torch.manual_seed(0)
     task = _glyph_task()
     model = make_method("matchingnet", make_backbone("conv4"), fce=fce).train()
-    args = (task.support_images, task.support_labels, task.query_images)
-    with torch.no_grad():
-        plain = model(*args)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            half = model(*args)
-    assert half.dtype == torch.float32
-    assert (half - plain).abs().max() <= 0.05 * plain.abs().max()
-    assert (half.argmax(1) == plain.argmax(1)).float().mean() >= 0.9
+    assert_bf16_matches_fp32(model, task)
 
 
 def test_loss_is_cross_entropy_on_the_logits():

@@ -8,6 +8,7 @@ from fewshot.data import TaskSampler, build_task, load_dataset
 from fewshot.evaluation.evaluate import evaluate
 from fewshot.methods import ProtoNet, make_method
 from fewshot.methods.base import class_means
+from tests.helpers import assert_cached_evaluation_matches_per_task
 
 
 def test_class_means():
@@ -74,18 +75,7 @@ def test_cached_feature_evaluation_equals_per_task_evaluation():
     torch.manual_seed(0)
     data = load_dataset("glyphs", split="evaluation", glyph_classes=30)
     model = make_method("protonet", make_backbone("conv4")).eval()
-    cached = evaluate(model, data, 5, 1, queries=5, episodes=20, seed=3)
-
-    class Uncached(torch.nn.Module):  # same model, seen as a generic (non-metric) method
-        def __init__(self, inner):
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, s, y, q):
-            return self.inner.classify(self.inner.embed(s), y, self.inner.embed(q))
-
-    generic = evaluate(Uncached(model), data, 5, 1, queries=5, episodes=20, seed=3)
-    assert [r["accuracy"] for r in cached.per_episode] == [r["accuracy"] for r in generic.per_episode]
+    assert_cached_evaluation_matches_per_task(model, data, episodes=20)
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ from fewshot.data import Task, TaskSampler, build_task, load_dataset
 from fewshot.evaluation.evaluate import evaluate
 from fewshot.methods import make_method
 from fewshot.methods.relationnet import RelationNet, relation_mse_loss
+from tests.helpers import assert_bf16_matches_fp32, assert_cached_evaluation_matches_per_task
 
 
 def test_relation_mse_loss_by_hand():
@@ -117,32 +118,14 @@ def test_bf16_autocast_matches_fp32():
     torch.manual_seed(0)
     task = _glyph_task()
     model = make_method("relationnet", make_backbone("conv4")).train()
-    args = (task.support_images, task.support_labels, task.query_images)
-    with torch.no_grad():
-        plain = model(*args)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            half = model(*args)
-    assert half.dtype == torch.float32
-    assert (half - plain).abs().max() <= 0.05 * plain.abs().max()
-    assert (half.argmax(1) == plain.argmax(1)).float().mean() >= 0.9
+    assert_bf16_matches_fp32(model, task)
 
 
 def test_cached_map_evaluation_equals_per_task_evaluation():
     torch.manual_seed(0)
     data = load_dataset("glyphs", split="evaluation", glyph_classes=30)
     model = _spread_out(make_method("relationnet", make_backbone("conv4"))).eval()
-    cached = evaluate(model, data, 5, 1, queries=5, episodes=8, seed=3)
-
-    class Uncached(torch.nn.Module):  # same model, seen as a generic (non-metric) method
-        def __init__(self, inner):
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, s, y, q):
-            return self.inner.classify(self.inner.embed(s), y, self.inner.embed(q))
-
-    generic = evaluate(Uncached(model), data, 5, 1, queries=5, episodes=8, seed=3)
-    assert [r["accuracy"] for r in cached.per_episode] == [r["accuracy"] for r in generic.per_episode]
+    assert_cached_evaluation_matches_per_task(model, data, episodes=8)
 
 
 def test_checkpoint_round_trip(tmp_path):
