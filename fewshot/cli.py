@@ -64,9 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save", help="also write the task list to this JSON file")
     p.set_defaults(func=cmd_episodes)
 
-    from fewshot import commands
+    from fewshot import bench, commands
 
     commands.register(sub)
+    bench.register(sub)
     return parser
 
 

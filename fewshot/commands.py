@@ -6,11 +6,14 @@ Settings resolve in three layers: built-in defaults < ``--recipe`` < flags given
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from fewshot.data import DataError, FewShotDataset, load_dataset, split_by_fraction, split_by_groups
 
@@ -24,7 +27,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "val_every": 500, "val_episodes": 300, "val_ways": 20, "val_shots": 1, "val_queries": 5,
     "val_within_alphabet": True, "seed": 0, "device": "auto", "precision": "auto", "channels_last": True,
 }
-FIXED_HEAD_METHODS = ("maml", "metasgd", "anil")
+FIXED_HEAD_METHODS = ("maml", "metasgd", "anil", "mann")
 DATA_KEYS = ("dataset", "root", "split", "image_size", "rotations", "val_alphabets", "val_fraction",
              "holdout_alphabets", "final", "seed")
 
@@ -106,6 +109,7 @@ def resolve_train_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def build_train_config(s: dict[str, Any], train: FewShotDataset):
+    from fewshot.methods import method_class
     from fewshot.training.checkpoint import ModelSpec
     from fewshot.training.trainer import TrainConfig
     from fewshot.utils import default_precision, resolve_device
@@ -115,6 +119,8 @@ def build_train_config(s: dict[str, Any], train: FewShotDataset):
     if s["method"] in FIXED_HEAD_METHODS and "ways" not in method_options:
         # a linear head needs as many outputs as the widest task it will see, in training or validation
         method_options["ways"] = max(s["ways"], s["val_ways"])
+    if "image_size" in inspect.signature(method_class(s["method"])).parameters:
+        method_options.setdefault("image_size", s["image_size"])
     model = ModelSpec(s["method"], s["backbone"], method_options, parse_options(s["backbone_options"]),
                       train.image_shape(),
                       invert=s["dataset"] in ("omniglot", "glyphs"))
@@ -205,6 +211,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     dataset = load_dataset(args.dataset, args.root, args.split, spec.image_shape[-1], seed=args.seed)
     if args.alphabets:
         dataset = split_by_groups(dataset, _alphabets(args.alphabets))[1]
+    if args.instances:
+        return _evaluate_instances(args, model, dataset, device, precision)
     if args.episodes < 600 and not args.tasks:
         print(f"note: {args.episodes} episodes; publishable figures use at least 600", file=sys.stderr)
     from fewshot.data import TaskSampler
@@ -232,21 +240,82 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate_instances(args: argparse.Namespace, model, dataset: FewShotDataset, device, precision: str) -> int:
+    from fewshot.evaluation.sequence import REPORTED_INSTANCES, instance_accuracy
+
+    table = instance_accuracy(model, dataset, args.ways, args.instances, args.episodes, args.seed,
+                              within_group=args.within_alphabet, device=device, precision=precision,
+                              progress=not args.json)
+    if args.json:
+        print(json.dumps({"ways": args.ways, "instances": args.instances, "episodes": args.episodes,
+                          "accuracy": {str(k): a for k, (a, _) in table.items()},
+                          "ci95": {str(k): c for k, (_, c) in table.items()}}, indent=1))
+        return 0
+    print(f"{args.ways}-class sequences, {args.instances} instances per class, {args.episodes} episodes")
+    for k, (accuracy, ci95) in table.items():
+        if k in REPORTED_INSTANCES or k == args.instances:
+            print(f"instance {k:>2}: {100 * accuracy:.1f}% ± {100 * ci95:.1f}%")
+    return 0
+
+
 # -- predict ---------------------------------------------------------------------------------------
 def cmd_predict(args: argparse.Namespace) -> int:
     from fewshot.predict import predict
     from fewshot.training.checkpoint import load_model
 
     model, spec = load_model(args.checkpoint)
-    predictions = predict(model, spec, args.support, args.query, skip_corrupt=args.skip_corrupt)
-    if args.json:
+    _print_predictions(predict(model, spec, args.support, args.query, skip_corrupt=args.skip_corrupt), args.json)
+    return 0
+
+
+def _print_predictions(predictions: list, as_json: bool) -> None:
+    if as_json:
         print(json.dumps([p.__dict__ for p in predictions], indent=1))
-        return 0
+        return
     width = max([len(p.file) for p in predictions] + [4])
     print(f"{'file':<{width}}  {'predicted':<20} {'prob':>6}  runner-up")
     for p in predictions:
         runner = f"{p.runner_up} ({p.runner_up_probability:.3f})" if p.runner_up else "-"
         print(f"{p.file:<{width}}  {p.predicted:<20} {p.probability:>6.3f}  {runner}")
+
+
+# -- memory ----------------------------------------------------------------------------------------
+def cmd_memory(args: argparse.Namespace) -> int:
+    """Write a memory from a support folder, add a class to it, or predict from it (memorynet checkpoints)."""
+    from fewshot.methods.memorynet import Memory, MemoryNet
+    from fewshot.predict import load_queries, load_support, rank
+    from fewshot.training.checkpoint import load_model
+
+    needed = {"write": ("support", "--support DIR"), "add": ("images", "--class NAME --images FILE_OR_DIR..."),
+              "predict": ("query", "--query FILE_OR_DIR...")}[args.action]
+    if not getattr(args, needed[0]):
+        raise DataError(f"memory {args.action} needs {needed[1]}")
+    model, spec = load_model(args.checkpoint)
+    if not isinstance(model, MemoryNet):
+        raise DataError(f"{args.checkpoint} holds a '{spec.method}' model; 'fewshot memory' needs a memorynet "
+                        "checkpoint (train one with --method memorynet)")
+    if args.action == "write":
+        support = load_support(spec, args.support, args.skip_corrupt)
+        memory = model.new_memory()
+        memory.spec = spec.to_dict()
+        for label, name in enumerate(support.class_names):
+            memory = model.add_class(memory, name, support.images[torch.as_tensor(support.item_classes) == label])
+        memory.save(args.memory)
+        print(f"wrote {len(memory.class_names)} classes, {len(memory)} of {memory.capacity} slots, to {args.memory}",
+              file=sys.stderr)
+        return 0
+    memory = Memory.load(args.memory)
+    if args.action == "add":
+        if not args.class_name:
+            raise DataError("memory add needs --class NAME for the new class")
+        _, images = load_queries(spec, args.images, args.skip_corrupt)
+        memory = model.add_class(memory, args.class_name, images)
+        memory.save(args.out or args.memory)
+        print(f"added '{args.class_name}' from {len(images)} images; the memory now holds "
+              f"{len(memory.class_names)} classes in {len(memory)} slots", file=sys.stderr)
+        return 0
+    files, images = load_queries(spec, args.query, args.skip_corrupt)
+    _print_predictions(rank(model.predict_memory(memory, images), memory.class_names, files), args.json)
     return 0
 
 
@@ -320,6 +389,8 @@ def _add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--save-tasks", help="write the evaluated task list to this JSON file")
     p.add_argument("--csv", help="write per-episode scores to this CSV file")
     p.add_argument("--lake-runs", help="all_runs.zip or its folder: Lake et al.'s 20 one-shot runs")
+    p.add_argument("--instances", type=int, help="sequence methods (mann): accuracy of the 1st..Nth presentation "
+                   "of each class in sequences of --ways classes with this many images each")
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="fp32")
     p.add_argument("--json", action="store_true")
@@ -337,6 +408,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--skip-corrupt", action="store_true", help="skip unreadable images with a warning")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("memory", help="memorynet: write a support folder into a memory file, add a class, predict")
+    p.add_argument("action", choices=("write", "add", "predict"))
+    p.add_argument("--checkpoint", required=True, help="memorynet run folder or .pt file")
+    p.add_argument("--memory", required=True, help="memory file to write (write) or read (add, predict)")
+    p.add_argument("--support", help="write: folder with one sub-folder of images per class")
+    p.add_argument("--class", dest="class_name", help="add: name of the new class")
+    p.add_argument("--images", nargs="+", help="add: image files or folders of the new class")
+    p.add_argument("--out", help="add: write the extended memory here instead of over --memory")
+    p.add_argument("--query", nargs="+", help="predict: image files or folders")
+    p.add_argument("--skip-corrupt", action="store_true", help="skip unreadable images with a warning")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_memory)
 
     p = sub.add_parser("demo", help="train and evaluate a ProtoNet on synthetic glyphs (about two minutes)")
     p.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")

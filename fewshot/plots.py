@@ -248,3 +248,66 @@ def plot_episode(
         fig.savefig(path, dpi=_DPI)
     finally:
         plt.close(fig)
+
+
+def plot_accuracy_vs_time(
+    runs: Sequence[dict],
+    path: str | Path,
+    val_label: str = "validation accuracy during training",
+    test_label: str = "held-out test accuracy",
+) -> None:
+    """Save one line per run, validation accuracy against training time, with its held-out test point (PNG).
+
+    The line and the point measure different things and are drawn differently: the line is the validation
+    accuracy logged during training (model selection), the star at the end of the line is the test accuracy of
+    the checkpoint finally selected, on held-out classes.
+
+    Args:
+        runs: one dict per run with ``name``, ``rows`` (metric records with ``elapsed_s`` in seconds and
+            ``val_accuracy``, as in ``metrics.csv``; missing values allowed) and optionally ``val_label`` (the
+            validation task, e.g. ``"20-way 1-shot"``), ``test_accuracy`` (None: no point) and ``test_minutes``
+            (where to put the point; default: the end of the line). Accuracies are fractions in ``[0, 1]``.
+        path: PNG file to write.
+        val_label / test_label: legend text of the line style and of the point style.
+    """
+    from matplotlib.lines import Line2D
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(10, 5.5), layout="constrained")
+    try:
+        colors = plt.get_cmap("tab10").colors
+        for i, run in enumerate(runs):
+            color = colors[i % len(colors)]
+            minutes, accuracy = [], []
+            for row in run.get("rows", []):
+                x, y = _number(row.get("elapsed_s")), _number(row.get("val_accuracy"))
+                if x is not None and y is not None:
+                    minutes.append(x / 60)
+                    accuracy.append(100 * y)
+            label = run["name"] + (f" (validation: {run['val_label']})" if run.get("val_label") else "")
+            ax.plot(minutes, accuracy, color=color, marker="o", ms=3, lw=1.5, label=label)
+            test = _number(run.get("test_accuracy"))
+            if test is not None:
+                x = _number(run.get("test_minutes"))
+                x = x if x is not None else (minutes[-1] if minutes else 0.0)
+                ax.plot([x], [100 * test], color=color, marker="*", ms=14, mec="black", mew=0.8, ls="none")
+                ax.annotate(f"{100 * test:.1f}", (x, 100 * test), xytext=(6, 0), textcoords="offset points",
+                            va="center", fontsize=8, color=color)
+        style = [Line2D([], [], color="0.3", marker="o", ms=3, lw=1.5, label=val_label),
+                 Line2D([], [], color="0.3", marker="*", ms=12, mec="black", ls="none", label=test_label)]
+        # Legends outside the axes, so that they never hide a curve.
+        fig.legend(handles=style, loc="outside lower center", fontsize=8, ncols=1, frameon=False)
+        if runs:
+            fig.legend(*ax.get_legend_handles_labels(), loc="outside right upper", fontsize=8, title="method",
+                       title_fontsize=8, frameon=False)
+        else:
+            ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, color="0.5")
+        ax.set(title="Validation accuracy during training (lines) and held-out test accuracy (stars)",
+               xlabel="training time (min, validation included)", ylabel="accuracy (%)")
+        ax.set_ylim(0, 101)
+        right = max([x for line in ax.get_lines() for x in line.get_xdata()], default=0.0)
+        ax.set_xlim(0, 1.1 * right if right > 0 else 1.0)  # room for the labels of the stars
+        ax.grid(alpha=0.3)
+        fig.savefig(path, dpi=_DPI)
+    finally:
+        plt.close(fig)

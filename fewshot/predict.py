@@ -38,14 +38,33 @@ def predict(
     Images are preprocessed as the model's training data was (size, channels, ink polarity). Probabilities
     are the softmax of the method's logits.
     """
-    channels, height, width = spec.image_shape
-    support = ImageFolder(support_dir, image_size=(height, width), channels=channels, invert=spec.invert,
-                          on_corrupt="skip" if skip_corrupt else "error")
+    support = load_support(spec, support_dir, skip_corrupt)
     if support.num_classes < 2:
         raise DataError(f"{support_dir} has {support.num_classes} class folder; prediction needs at least two")
-    files = list_image_files([Path(q) for q in queries])
+    files, images = load_queries(spec, queries, skip_corrupt)
+    model.eval()
+    support_labels = torch.as_tensor(support.item_classes)
+    results = []
+    for start in range(0, len(images), batch_size):
+        logits = model(support.images, support_labels, images[start : start + batch_size])
+        results += rank(logits, support.class_names, files[start : start + batch_size])
+    return results
+
+
+def load_support(spec: ModelSpec, support_dir: str | Path, skip_corrupt: bool = False) -> ImageFolder:
+    """The labelled images of ``support_dir/<class>/`` preprocessed for the model of ``spec``."""
+    channels, height, width = spec.image_shape
+    return ImageFolder(support_dir, image_size=(height, width), channels=channels, invert=spec.invert,
+                       on_corrupt="skip" if skip_corrupt else "error")
+
+
+def load_queries(
+    spec: ModelSpec, queries: Sequence[str | Path], skip_corrupt: bool = False
+) -> tuple[list[Path], torch.Tensor]:
+    """Query files (folders expanded) and their images ``[M, C, H, W]``, preprocessed for the model of ``spec``."""
+    channels, height, width = spec.image_shape
     images, kept = [], []
-    for path in files:
+    for path in list_image_files([Path(q) for q in queries]):
         try:
             images.append(decode_image(path, (height, width), channels=channels, invert=spec.invert))
             kept.append(path)
@@ -57,22 +76,24 @@ def predict(
             warnings.warn(f"skipping unreadable query image {path}", stacklevel=2)
     if not images:
         raise DataError("no readable query images")
-    model.eval()
-    support_labels = torch.as_tensor(support.item_classes)
+    return kept, torch.stack(images)
+
+
+def rank(logits: torch.Tensor, class_names: Sequence[str], files: Sequence[Path]) -> list[Prediction]:
+    """One :class:`Prediction` per row of ``logits [M, N]``: the top class and the runner-up, with probabilities."""
+    probabilities = logits.float().softmax(1)
+    top = probabilities.topk(min(2, len(class_names)), dim=1)
     results = []
-    for start in range(0, len(images), batch_size):
-        batch = torch.stack(images[start : start + batch_size])
-        probabilities = model(support.images, support_labels, batch).float().softmax(1)
-        top = probabilities.topk(min(2, support.num_classes), dim=1)
-        for row, path in enumerate(kept[start : start + batch_size]):
-            first, second = top.indices[row, 0], top.indices[row, 1] if top.indices.shape[1] > 1 else None
-            results.append(
-                Prediction(
-                    file=str(path),
-                    predicted=support.class_names[first],
-                    probability=float(top.values[row, 0]),
-                    runner_up=support.class_names[second] if second is not None else None,
-                    runner_up_probability=float(top.values[row, 1]) if second is not None else None,
-                )
+    for row, path in enumerate(files):
+        first = top.indices[row, 0]
+        second = top.indices[row, 1] if top.indices.shape[1] > 1 else None
+        results.append(
+            Prediction(
+                file=str(path),
+                predicted=class_names[first],
+                probability=float(top.values[row, 0]),
+                runner_up=class_names[second] if second is not None else None,
+                runner_up_probability=float(top.values[row, 1]) if second is not None else None,
             )
+        )
     return results

@@ -65,3 +65,23 @@ def assert_cached_evaluation_matches_per_task(model, data, episodes: int = 8) ->
     cached = evaluate(model, data, 5, 1, queries=5, episodes=episodes, seed=3)
     generic = evaluate(Uncached(model), data, 5, 1, queries=5, episodes=episodes, seed=3)
     assert [r["accuracy"] for r in cached.per_episode] == [r["accuracy"] for r in generic.per_episode]
+
+
+def train_on_glyphs_and_score_unseen(tmp_path: Path, eval_episodes: int = 100, **settings):
+    """Train with :func:`glyph_settings` overridden by ``settings``, then score 5-way 1-shot on unseen glyph classes.
+
+    Returns ``(untrained accuracy, trained accuracy, trained model)``; the untrained model has the same
+    architecture and the same evaluation episodes.
+    """
+    from fewshot.commands import start_training
+    from fewshot.data import load_dataset
+    from fewshot.evaluation.evaluate import evaluate
+    from fewshot.training.checkpoint import load_model
+
+    start_training(glyph_settings(**settings), tmp_path / "run", quiet=True)
+    model, spec = load_model(tmp_path / "run")
+    unseen = load_dataset("glyphs", split="evaluation", glyph_classes=60)
+    torch.manual_seed(0)
+    before = evaluate(spec.build(), unseen, 5, 1, episodes=eval_episodes, seed=1).accuracy
+    after = evaluate(model, unseen, 5, 1, episodes=eval_episodes, seed=1).accuracy
+    return before, after, model

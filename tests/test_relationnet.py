@@ -156,3 +156,13 @@ def test_relationnet_learns_unseen_glyph_classes_well_above_chance(tmp_path):
     assert after.accuracy > 0.6, after.summary()  # chance is 0.2
     task = build_task(unseen, TaskSampler(unseen, 5, 1, 1, 1).spec(0))
     assert model(task.support_images, task.support_labels, task.query_images).shape == (5, 5)
+
+
+def test_mean_class_pooling_is_the_sum_divided_by_the_shots():
+    torch.manual_seed(0)
+    model = RelationNet(Conv4(), class_pooling="mean").eval()
+    support, labels = torch.randn(6, 64, 7, 7), torch.tensor([0, 0, 0, 1, 1, 1])
+    summed = torch.stack([support[labels == c].sum(0) for c in range(2)])
+    assert torch.allclose(model.class_maps(support, labels), summed / 3, atol=1e-5)
+    with pytest.raises(ValueError, match="class_pooling"):
+        RelationNet(Conv4(), class_pooling="max")

@@ -30,4 +30,22 @@ def feature_dim(backbone: nn.Module, image_shape: tuple[int, int, int]) -> int:
     return int(dim)
 
 
-__all__ = ["BACKBONES", "Conv4", "ResNet12", "feature_dim", "make_backbone"]
+@torch.no_grad()
+def measure_feature_dim(backbone: nn.Module, image_size: int) -> int:
+    """``D`` of ``backbone`` for square ``image_size`` images, channels read from its first ``Conv2d`` (or the
+    input width of its first ``Linear``)."""
+    first = next((m for m in backbone.modules() if isinstance(m, (nn.Conv2d, nn.Linear))), None)
+    if first is None:
+        raise ValueError("cannot tell this backbone's input shape; pass feature_dim")
+    shape = (first.in_channels, image_size, image_size) if isinstance(first, nn.Conv2d) else (first.in_features,)
+    parameter = next(backbone.parameters(), None)
+    was_training = backbone.training
+    backbone.eval()  # no update of running statistics by the dummy batch
+    # two images: batch statistics need more than one value per channel
+    dummy = torch.zeros(2, *shape, device=parameter.device if parameter is not None else None)
+    dim = int(backbone(dummy).flatten(1).shape[1])
+    backbone.train(was_training)
+    return dim
+
+
+__all__ = ["BACKBONES", "Conv4", "ResNet12", "feature_dim", "make_backbone", "measure_feature_dim"]

@@ -22,6 +22,8 @@ class Task:
         class_ids: dataset class index per episode label, length N.
         class_names: class name per episode label, length N.
         support_ids / query_ids: item identifiers (file names where the data has them).
+        seed: seed for randomness a method draws per task (a sequence method's order of presentation); the
+            trainer sets it from ``(seed, episode)`` so that training stays reproducible. ``None``: the global RNG.
     """
 
     support_images: torch.Tensor
@@ -32,6 +34,7 @@ class Task:
     class_names: list[str] = field(default_factory=list)
     support_ids: list[str] = field(default_factory=list)
     query_ids: list[str] = field(default_factory=list)
+    seed: int | None = None
 
     @property
     def ways(self) -> int:

@@ -21,6 +21,8 @@ METHODS: dict[str, str] = {
     "metasgd": "fewshot.methods.metasgd:MetaSGD",
     "anil": "fewshot.methods.anil:ANIL",
     "protomaml": "fewshot.methods.protomaml:ProtoMAML",
+    "mann": "fewshot.methods.mann:MANN",
+    "memorynet": "fewshot.methods.memorynet:MemoryNet",
 }
 
 

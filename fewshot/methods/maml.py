@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from fewshot.backbones import measure_feature_dim
 from fewshot.data.task import Task
 from fewshot.methods.base import FewShotMethod
 from fewshot.methods.inner_loop import LearningRate, configure_batch_norm, inner_loop, use_task_batch_norm
@@ -75,18 +76,6 @@ class PrototypeHead(nn.Module):
         if self.weight is None:
             raise RuntimeError("PrototypeHead has no weights of its own; call it through functional_call")
         return F.linear(features, self.weight, self.bias)
-
-
-def _feature_dim(backbone: nn.Module, image_size: int) -> int:
-    """``D`` of ``backbone`` for ``image_size`` images, channels from its first ``Conv2d`` (or a ``Linear``'s input)."""
-    first = next((m for m in backbone.modules() if isinstance(m, (nn.Conv2d, nn.Linear))), None)
-    if first is None:
-        raise ValueError("cannot tell this backbone's input shape; pass feature_dim")
-    shape = (first.in_channels, image_size, image_size) if isinstance(first, nn.Conv2d) else (first.in_features,)
-    parameter = next(backbone.parameters(), None)
-    with torch.no_grad():  # two images: batch statistics need more than one value per channel
-        dummy = torch.zeros(2, *shape, device=parameter.device if parameter is not None else None)
-        return int(backbone(dummy).flatten(1).shape[1])
 
 
 def vectorize_by_default(device: torch.device) -> bool:
@@ -169,7 +158,7 @@ class MAML(FewShotMethod):
         if self.prototype_head:
             self.head: nn.Module = PrototypeHead()
         else:
-            dim = feature_dim if feature_dim is not None else _feature_dim(backbone, image_size)
+            dim = feature_dim if feature_dim is not None else measure_feature_dim(backbone, image_size)
             self.head = nn.Linear(dim, ways)
 
     # -- what the variants change ------------------------------------------------------------------

@@ -120,6 +120,9 @@ class RelationNet(MetricMethod):
         loss: ``"mse"`` (the paper's: squared error of the scores against one-hot targets) or ``"ce"``
             (cross-entropy on the pre-sigmoid logits).
         feature_channels: channels of the backbone's maps; by default those of its last ``Conv2d``.
+        class_pooling: ``"sum"`` (the paper's) or ``"mean"`` of a class's support maps. Sung et al. train one
+            model per shot count; a model trained 1-shot meets K-times larger maps at K shots with ``"sum"``,
+            and the same scale with ``"mean"``.
     """
 
     batched_classify = False
@@ -132,10 +135,14 @@ class RelationNet(MetricMethod):
         hidden: int = 8,
         loss: str = "mse",
         feature_channels: int | None = None,
+        class_pooling: str = "sum",
     ) -> None:
         super().__init__(backbone)
         if loss not in LOSSES:
             raise ValueError(f"loss must be 'mse' or 'ce' (got {loss!r})")
+        if class_pooling not in ("sum", "mean"):
+            raise ValueError(f"class_pooling must be 'sum' or 'mean' (got {class_pooling!r})")
+        self.class_pooling = class_pooling
         _keep_maps(backbone, embedding_pool_layers)
         self.loss_type = loss
         in_channels = _out_channels(backbone) if feature_channels is None else feature_channels
@@ -147,13 +154,15 @@ class RelationNet(MetricMethod):
         return maps[:, :, None, None] if maps.dim() == 2 else maps
 
     def class_maps(self, support_maps: torch.Tensor, support_labels: torch.Tensor) -> torch.Tensor:
-        """Sum of the support maps of each class: ``[N*K, C, h, w]``, ``[N*K]`` -> ``[N, C, h, w]`` (fp32)."""
+        """Sum (or mean) of the support maps of each class: ``[N*K, C, h, w]``, ``[N*K]`` -> ``[N, C, h, w]`` (fp32)."""
         num_classes = int(support_labels.max()) + 1
         counts = torch.bincount(support_labels, minlength=num_classes).to(torch.float32)
         with torch.autocast(support_maps.device.type, enabled=False):  # sums in fp32 even under bf16 autocast
             flat = support_maps.float().flatten(1)
-            sums = class_means(flat, support_labels, num_classes) * counts[:, None]
-        return sums.view(num_classes, *support_maps.shape[1:])
+            pooled = class_means(flat, support_labels, num_classes)
+            if self.class_pooling == "sum":
+                pooled = pooled * counts[:, None]
+        return pooled.view(num_classes, *support_maps.shape[1:])
 
     def classify(
         self, support_maps: torch.Tensor, support_labels: torch.Tensor, query_maps: torch.Tensor

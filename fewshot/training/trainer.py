@@ -148,9 +148,9 @@ class Trainer:
     def task(self, index: int) -> Task:
         """Training task ``index``: sampled, augmented (both seeded by ``(seed, index)``), on the device."""
         task = build_task(self.train_set, self.sampler.spec(index))
+        task.seed = int(np.random.SeedSequence((self.config.seed, index)).generate_state(1)[0])
         if self.augment.enabled:
-            seed = int(np.random.SeedSequence((self.config.seed, index)).generate_state(1)[0])
-            task = augment_task(task, self.augment, torch.Generator().manual_seed(seed))
+            task = augment_task(task, self.augment, torch.Generator().manual_seed(task.seed))
         task = task.to(self.device)
         if self.config.channels_last:
             task.support_images = task.support_images.contiguous(memory_format=torch.channels_last)
