@@ -119,8 +119,9 @@ def build_train_config(s: dict[str, Any], train: FewShotDataset):
     if s["method"] in FIXED_HEAD_METHODS and "ways" not in method_options:
         # a linear head needs as many outputs as the widest task it will see, in training or validation
         method_options["ways"] = max(s["ways"], s["val_ways"])
-    if "image_size" in inspect.signature(method_class(s["method"])).parameters:
-        method_options.setdefault("image_size", s["image_size"])
+    parameters = inspect.signature(method_class(s["method"])).parameters
+    if "image_size" in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+        method_options.setdefault("image_size", s["image_size"])  # methods that measure their feature size
     model = ModelSpec(s["method"], s["backbone"], method_options, parse_options(s["backbone_options"]),
                       train.image_shape(),
                       invert=s["dataset"] in ("omniglot", "glyphs"))

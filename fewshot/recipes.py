@@ -46,6 +46,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "omniglot-matchingnet": {**_OMNIGLOT, "method": "matchingnet", "ways": 30},
     "omniglot-maml": {**_OPTIMIZATION, "method": "maml"},
     "omniglot-metasgd": {**_OPTIMIZATION, "method": "metasgd"},
+    "omniglot-anil": {**_OPTIMIZATION, "method": "anil"},
     "omniglot-protomaml": {**_OPTIMIZATION, "method": "protomaml", "ways": 20, "val_ways": 20, "meta_batch": 2},
     # External memory. MemoryNet: a metric method, trained like ProtoNet for 15 minutes.
     "omniglot-memorynet": {**_OMNIGLOT, "method": "memorynet", "ways": 30, "time_budget": 900},

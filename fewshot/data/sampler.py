@@ -232,7 +232,8 @@ def save_tasks(path: str | Path, dataset: FewShotDataset, specs: Sequence[TaskSp
     """Write a task list to ``path`` as JSON (see :func:`tasks_to_json`)."""
     from fewshot.utils import atomic_write_text
 
-    atomic_write_text(Path(path), json.dumps(tasks_to_json(dataset, specs), indent=1))
+    tasks = tasks_to_json(dataset, specs)  # one task per line: readable, diffable, and a third of indent=1's size
+    atomic_write_text(Path(path), "[\n" + ",\n".join(json.dumps(t, separators=(",", ":")) for t in tasks) + "\n]\n")
 
 
 def load_tasks(path: str | Path, dataset: FewShotDataset) -> list[TaskSpec]:

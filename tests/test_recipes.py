@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fewshot.commands import TRAIN_DEFAULTS, build_train_config
+from fewshot.data import TensorDataset
+from fewshot.recipes import RECIPES, get_recipe
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_every_recipe_builds_its_model_and_gives_logits(name):
+    settings = {**TRAIN_DEFAULTS, **get_recipe(name), "device": "cpu", "precision": "fp32"}
+    size = settings["image_size"]
+    data = TensorDataset(torch.rand(6, 1, size, size), np.arange(6))
+    model = build_train_config(settings, data).model.build().eval()
+    with torch.no_grad():
+        logits = model(torch.rand(3, 1, size, size), torch.arange(3), torch.rand(4, 1, size, size))
+    assert logits.shape == (4, 3) and torch.isfinite(logits).all()
+
+
+def test_an_unknown_recipe_names_the_choices():
+    with pytest.raises(KeyError, match="omniglot-protonet"):
+        get_recipe("omniglot-nothing")
