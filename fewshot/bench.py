@@ -510,11 +510,13 @@ def markdown(records: list[dict[str, Any]], bench: dict[str, Any], command: str,
             notes.append(f"- {rec['method']}: training failed: {t.get('error')}")
         else:
             cells = []
+            unavailable: dict[str, list[str]] = {}  # note -> the settings it explains
             for s in SETTINGS:
                 e = ev.get(s.name) or {}
                 cells.append(_pct(e.get("accuracy"), e.get("ci95")))
                 if e.get("note"):
-                    notes.append(f"- {rec['method']}, {s.label}: {e['note']}")
+                    unavailable.setdefault(e["note"], []).append(s.label)
+            notes += [f"- {rec['method']}, {', '.join(labels)}: {note}" for note, labels in unavailable.items()]
             seconds = t["elapsed_s"]
             cells += [f"{seconds / 60:.1f}", str(t["episodes"]),
                       f"{t['episodes'] / seconds:.2f}" if seconds else "n/a", _mib(t)]

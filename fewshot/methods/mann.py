@@ -12,6 +12,11 @@ Memory access follows the paper:
   where ``w_lu`` marks the slots of smallest usage; before writing, the least-used slot is cleared;
 - usage decays: ``u_t = gamma * u_(t-1) + w_read + w_write``.
 
+Where we depart from the paper, and why (each measured; see :class:`MANN`'s arguments): the vector written is an
+output of its own (the NTM's "add" vector) rather than the read key; reads start with a key strength well above
+1; conv features are batch-normalised before the controller; and the controller sees the previous image's
+features beside its label (``previous_image``).
+
 In the common interface (:meth:`MANN.forward`) the support set is presented as a sequence in a shuffled order
 and every query is then one further step from the state that sequence left, with the last support label as its
 label input. Training (:meth:`MANN.loss`) presents support and query images together in a shuffled sequence
