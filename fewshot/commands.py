@@ -22,10 +22,12 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "backbone_options": None,
     "dataset": "omniglot", "root": None, "split": None, "image_size": 28, "rotations": False,
     "val_alphabets": None, "val_fraction": 0.2, "holdout_alphabets": None, "final": False,
-    "ways": 60, "shots": 1, "queries": 5, "meta_batch": 1, "episodes": 5000, "time_budget": None,
+    "ways": 60, "shots": 1, "queries": 5,
+    "within_alphabet": False, "meta_batch": 1, "episodes": 5000, "time_budget": None,
     "lr": 1e-3, "lr_schedule": "cosine", "weight_decay": 0.0, "grad_clip": None, "augment": "none",
     "val_every": 500, "val_episodes": 300, "val_ways": 20, "val_shots": 1, "val_queries": 5,
-    "val_within_alphabet": True, "seed": 0, "device": "auto", "precision": "auto", "channels_last": True,
+    "val_within_alphabet": True, "test_views": 1, "test_augment": None,
+    "seed": 0, "device": "auto", "precision": "auto", "channels_last": True,
 }
 FIXED_HEAD_METHODS = ("maml", "metasgd", "anil", "mann")
 DATA_KEYS = ("dataset", "root", "split", "image_size", "rotations", "val_alphabets", "val_fraction",
@@ -108,6 +110,15 @@ def resolve_train_settings(args: argparse.Namespace) -> dict[str, Any]:
     return settings
 
 
+def _test_augment(s: dict[str, Any]) -> str | None:
+    """The transforms of the test views: as given, else the training augmentation, else the method's default."""
+    from fewshot.data.augment import AugmentConfig
+
+    if s["test_augment"] or s["test_views"] == 1:
+        return s["test_augment"]
+    return s["augment"] if AugmentConfig.from_string(s["augment"]).enabled else None
+
+
 def build_train_config(s: dict[str, Any], train: FewShotDataset):
     from fewshot.methods import method_class
     from fewshot.training.checkpoint import ModelSpec
@@ -123,13 +134,14 @@ def build_train_config(s: dict[str, Any], train: FewShotDataset):
     if "image_size" in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
         method_options.setdefault("image_size", s["image_size"])  # methods that measure their feature size
     model = ModelSpec(s["method"], s["backbone"], method_options, parse_options(s["backbone_options"]),
-                      train.image_shape(),
-                      invert=s["dataset"] in ("omniglot", "glyphs"))
+                      train.image_shape(), invert=s["dataset"] in ("omniglot", "glyphs"),
+                      test_views=s["test_views"], test_augment=_test_augment(s))
     precision = s["precision"] if s["precision"] != "auto" else default_precision(resolve_device(s["device"]))
     fields = ("ways", "shots", "queries", "meta_batch", "episodes", "time_budget", "lr", "lr_schedule", "weight_decay",
               "grad_clip", "augment", "val_every", "val_episodes", "val_ways", "val_shots", "val_queries",
               "seed", "device", "channels_last")
     return TrainConfig(model=model, precision=precision, val_within_group=s["val_within_alphabet"],
+                       within_group=s["within_alphabet"],
                        data={k: s[k] for k in DATA_KEYS}, **{k: s[k] for k in fields})
 
 
@@ -197,7 +209,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from fewshot.utils import default_precision, resolve_device
 
     device = resolve_device(args.device)
-    model, spec = load_model(args.checkpoint, device)
+    model, spec = load_model(args.checkpoint, device, test_views=args.test_views)
     precision = args.precision if args.precision != "auto" else default_precision(device)
     if args.lake_runs:
         result = evaluate_tasks(model, load_lake_runs(args.lake_runs, image_size=spec.image_shape[-1]), device,
@@ -264,7 +276,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from fewshot.predict import predict
     from fewshot.training.checkpoint import load_model
 
-    model, spec = load_model(args.checkpoint)
+    model, spec = load_model(args.checkpoint, test_views=args.test_views)
     _print_predictions(predict(model, spec, args.support, args.query, skip_corrupt=args.skip_corrupt), args.json)
     return 0
 
@@ -351,6 +363,8 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ways", type=int)
     p.add_argument("--shots", type=int)
     p.add_argument("--queries", type=int)
+    p.add_argument("--within-alphabet", action="store_const", const=True,
+                   help="draw each training task from one alphabet (harder negatives, like Lake's runs)")
     p.add_argument("--meta-batch", type=int, help="tasks per optimizer step (default 1)")
     p.add_argument("--episodes", type=int, help="episode budget (optimizer steps)")
     p.add_argument("--time-budget", type=float, help="wall-time budget in seconds")
@@ -364,6 +378,10 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--val-ways", type=int)
     p.add_argument("--val-shots", type=int)
     p.add_argument("--seed", type=int)
+    p.add_argument("--test-views", type=int, help="metric methods: average the embeddings of this many seeded "
+                   "transforms of each image at test time (default 1: none)")
+    p.add_argument("--test-augment", help="the transforms of --test-views (default: --augment, else "
+                   "'rotation=8,shear=5,scale=0.92:1.08,shift=0.05')")
     p.add_argument("--device", help="auto (default), cpu, cuda")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"))
     p.add_argument("--no-channels-last", dest="channels_last", action="store_const", const=False)
@@ -392,6 +410,7 @@ def _add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lake-runs", help="all_runs.zip or its folder: Lake et al.'s 20 one-shot runs")
     p.add_argument("--instances", type=int, help="sequence methods (mann): accuracy of the 1st..Nth presentation "
                    "of each class in sequences of --ways classes with this many images each")
+    p.add_argument("--test-views", type=int, help="test-time views per image (metric methods); default: as trained")
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="fp32")
     p.add_argument("--json", action="store_true")
@@ -406,6 +425,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", required=True, help="run folder or .pt file")
     p.add_argument("--support", required=True, help="folder with one sub-folder of images per class")
     p.add_argument("--query", required=True, nargs="+", help="image files or folders")
+    p.add_argument("--test-views", type=int, help="test-time views per image (metric methods); default: as trained")
     p.add_argument("--skip-corrupt", action="store_true", help="skip unreadable images with a warning")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict)

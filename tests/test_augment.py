@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from fewshot.data.augment import AugmentConfig, affine_theta, augment, augment_task, elastic_field
 from fewshot.data.task import Task
-from fewshot.training.augment import AugmentConfig, affine_theta, augment, augment_task, elastic_field
 
 
 def _close(actual: torch.Tensor, expected: torch.Tensor, atol: float = 1e-5, rtol: float = 0.0) -> None:

@@ -48,6 +48,15 @@ def test_backbones_take_any_channels_and_size(name, shape):
     assert backbone.eval()(torch.rand(3, *shape)).shape == (3, dim)
 
 
+def test_conv4_pools_option_keeps_a_spatial_map():
+    three = make_backbone("conv4", pools=3)
+    assert sum(isinstance(m, torch.nn.MaxPool2d) for m in three.modules()) == 3
+    assert feature_dim(three, (1, 28, 28)) == 64 * 3 * 3
+    assert three(torch.rand(2, 1, 8, 8)).shape == (2, 64)  # 8x8 needs only three pools
+    with pytest.raises(ValueError, match="pools"):
+        make_backbone("conv4", pools=5)
+
+
 def test_speed_options_match_the_plain_path():
     """channels-last gives the same logits; bf16 autocast stays within about 1% on a real glyph task.
 

@@ -136,6 +136,11 @@ def test_recipe_settings_are_overridden_by_flags():
     assert settings["rotations"] is True and settings["ways"] == 60  # from the recipe
     assert settings["time_budget"] == 30 and settings["seed"] == 3 and settings["final"] is True  # flags win
     assert settings["root"] == "R"
+    assert settings["test_views"] == 16 and settings["within_alphabet"] is False  # recipe, then default
+    flags = build_parser().parse_args(["train", "--recipe", "omniglot-protonet", "--within-alphabet",
+                                       "--test-views", "1", "--out", "x"])
+    assert resolve_train_settings(flags)["within_alphabet"] is True
+    assert resolve_train_settings(flags)["test_views"] == 1
     bad = build_parser().parse_args(["train", "--recipe", "nope", "--out", "x"])
     from fewshot.data import DataError
 

@@ -18,22 +18,29 @@ def conv_block(in_channels: int, out_channels: int, pool: bool = True) -> nn.Seq
 
 
 class Conv4(nn.Module):
-    """``[B, C, H, W]`` -> ``[B, hidden * (H/16) * (W/16)]`` (``[B, 64]`` for 28x28 Omniglot).
+    """``[B, C, H, W]`` -> ``[B, hidden * (H/2^pools) * (W/2^pools)]`` (``[B, 64]`` for 28x28 Omniglot).
 
     Args:
         in_channels: image channels.
         hidden: channels of every block (64 in the papers).
         depth: number of blocks.
+        pools: how many blocks, from the first, end in a 2x2 max-pool (default: all). ``pools=3`` keeps a 3x3
+            map for 28x28 images, so the features (``hidden * 9``) keep where strokes are (same cost).
         flatten: return flat vectors; ``False`` keeps the ``[B, hidden, h, w]`` maps (Relation networks).
     """
 
-    def __init__(self, in_channels: int = 1, hidden: int = 64, depth: int = 4, flatten: bool = True) -> None:
+    def __init__(
+        self, in_channels: int = 1, hidden: int = 64, depth: int = 4, flatten: bool = True, pools: int | None = None
+    ) -> None:
         super().__init__()
+        pools = depth if pools is None else pools
+        if not 0 <= pools <= depth:
+            raise ValueError(f"Conv-4: pools must be between 0 and depth={depth} (got {pools})")
         self.blocks = nn.Sequential(
-            *[conv_block(in_channels if i == 0 else hidden, hidden) for i in range(depth)]
+            *[conv_block(in_channels if i == 0 else hidden, hidden, pool=i < pools) for i in range(depth)]
         )
         self.flatten = flatten
-        self.min_size = 2**depth
+        self.min_size = 2**pools
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if min(images.shape[-2:]) < self.min_size:

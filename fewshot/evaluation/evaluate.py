@@ -53,7 +53,7 @@ def embed_dataset(
     for start in range(0, len(dataset), batch_size):
         images = dataset.load_many(range(start, min(start + batch_size, len(dataset)))).to(device)
         with autocast(device, precision):
-            chunks.append(model.embed(images).float())
+            chunks.append(model.features(images).float())
     return torch.cat(chunks)
 
 

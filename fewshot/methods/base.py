@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fewshot.data.augment import AugmentConfig, augment
 from fewshot.data.task import Task
 
 
@@ -53,11 +54,45 @@ class MetricMethod(FewShotMethod):
 
     Because an image's embedding does not depend on the task, evaluation embeds each image of a split once
     and draws any number of episodes from the cached features (:meth:`classify`).
+
+    Test-time augmentation (:meth:`set_test_views`): in eval mode :meth:`features` averages the embeddings of
+    an image and of ``views - 1`` fixed, seeded transforms of it; in training it is :meth:`embed`.
     """
+
+    test_views: int = 1
+    #: Default test-time transforms: small changes of the kind two people drawing one character make.
+    test_augment: AugmentConfig = AugmentConfig(rotation=8.0, shear=5.0, scale=(0.92, 1.08), shift=0.05)
+    #: Whether :meth:`embed` returns unit vectors; the mean of the test views is then normalised again.
+    unit_features: bool = False
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """``[B, C, H, W]`` -> ``[B, D]``."""
         return self.backbone(images)
+
+    def set_test_views(self, views: int, augment_config: AugmentConfig | str | None = None) -> None:
+        """Average ``views`` embeddings per image at test time (1: none); ``augment_config`` None keeps the current."""
+        config = AugmentConfig.from_string(augment_config) if isinstance(augment_config, str) else augment_config
+        config = self.test_augment if config is None else config
+        if views < 1:
+            raise ValueError(f"test views must be at least 1 (got {views})")
+        if views > 1 and not config.enabled:
+            raise ValueError("test-time views need an augmentation, e.g. 'rotation=8,shear=5,scale=0.92:1.08'")
+        self.test_views, self.test_augment = int(views), config
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """What evaluation and prediction compare: :meth:`embed`, averaged over the test views in eval mode.
+
+        View ``v`` applies the same transform to every image (seed 0), so an image's features do not depend on
+        the batch it comes in.
+        """
+        if self.training or self.test_views == 1:
+            return self.embed(images)
+        generator = torch.Generator().manual_seed(0)
+        total = self.embed(images).float()
+        for _ in range(self.test_views - 1):
+            total = total + self.embed(augment(images, self.test_augment, generator, shared=True)).float()
+        mean = total / self.test_views
+        return F.normalize(mean, dim=-1) if self.unit_features else mean
 
     #: Whether :meth:`classify` accepts a leading episode dimension (``[E, N*K, D]`` ...); evaluation then
     #: classifies many episodes in one call instead of looping in Python.
@@ -73,7 +108,7 @@ class MetricMethod(FewShotMethod):
         self, support_images: torch.Tensor, support_labels: torch.Tensor, query_images: torch.Tensor
     ) -> torch.Tensor:
         # One backbone pass over support and query together: half the kernel launches, one BN batch.
-        features = self.embed(torch.cat([support_images, query_images]))
+        features = self.features(torch.cat([support_images, query_images]))
         n_support = support_images.shape[0]
         return self.classify(features[:n_support], support_labels, features[n_support:])
 

@@ -113,6 +113,8 @@ class MemoryNet(MetricMethod):
     def temperature(self) -> torch.Tensor:
         return self.log_temperature.exp()
 
+    unit_features = True
+
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Keys ``[B, key_size]`` (unit length) of images ``[B, C, H, W]``."""
         return F.normalize(self.project(self.backbone(images).float()), dim=-1)
@@ -179,7 +181,7 @@ class MemoryNet(MetricMethod):
         if len(images) == 0:
             raise ValueError(f"class '{name}' needs at least one image")
         self.eval()
-        keys = self.embed(images)
+        keys = self.features(images)
         if self.write_mode == "prototypes":
             keys = F.normalize(keys.mean(0, keepdim=True), dim=-1)
         if len(memory) + len(keys) > memory.capacity:
@@ -200,7 +202,7 @@ class MemoryNet(MetricMethod):
         if len(memory.class_names) < 2:
             raise ValueError(f"the memory holds {len(memory.class_names)} class; add at least two before predicting")
         self.eval()
-        queries = self.embed(images)
+        queries = self.features(images)
         keys = memory.keys.to(queries.device)
         values = F.one_hot(memory.labels.to(queries.device), len(memory.class_names)).float()
         return self.predict(self.read(keys, values, queries), keys, values, queries)

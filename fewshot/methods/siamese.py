@@ -148,6 +148,8 @@ class SiameseNet(MetricMethod):
         self.projection = InferredLinear(embedding_dim) if embedding_dim is not None else None
         self.head = SimilarityHead() if loss == "bce" else None
 
+    unit_features = True
+
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """``[B, C, H, W]`` -> ``[B, D]``, fp32 and of unit length."""
         features = self.backbone(images)

@@ -1,4 +1,4 @@
-"""Meta-training: the episodic loop, augmentation, checkpoints."""
+"""Meta-training: the episodic loop and checkpoints."""
 
 from fewshot.training.checkpoint import CheckpointError, ModelSpec, load_model
 from fewshot.training.trainer import TrainConfig, Trainer, TrainingError

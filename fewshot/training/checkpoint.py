@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from fewshot.backbones import make_backbone
-from fewshot.methods import FewShotMethod, make_method
+from fewshot.methods import FewShotMethod, MetricMethod, make_method
 from fewshot.utils import atomic_torch_save
 
 FORMAT = "fewshot-checkpoint/1"
@@ -28,6 +28,9 @@ class ModelSpec:
         image_shape: ``(C, H, W)`` the model was trained on.
         invert: whether images were inverted (``1 - pixel``) on loading, as Omniglot is (ink = 1); a user's
             black-on-white images are inverted the same way before prediction.
+        test_views / test_augment: test-time augmentation of metric methods (``MetricMethod.set_test_views``):
+            embeddings averaged over ``test_views`` seeded transforms drawn from ``test_augment`` (None: the
+            method's default transforms).
     """
 
     method: str = "protonet"
@@ -36,10 +39,17 @@ class ModelSpec:
     backbone_options: dict[str, Any] = field(default_factory=dict)
     image_shape: tuple[int, int, int] = (1, 28, 28)
     invert: bool = False
+    test_views: int = 1
+    test_augment: str | None = None  # None: the method's default
 
     def build(self) -> FewShotMethod:
         backbone = make_backbone(self.backbone, in_channels=self.image_shape[0], **self.backbone_options)
-        return make_method(self.method, backbone, **self.method_options)
+        model = make_method(self.method, backbone, **self.method_options)
+        if self.test_views > 1:
+            if not isinstance(model, MetricMethod):
+                raise ValueError(f"test-time views work with metric methods; {self.method} is not one (use 1 view)")
+            model.set_test_views(self.test_views, self.test_augment)
+        return model
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "image_shape": list(self.image_shape)}
@@ -94,10 +104,17 @@ def load_state(model: FewShotMethod, spec: ModelSpec, checkpoint: dict[str, Any]
         raise CheckpointError(f"checkpoint {source} does not fit this model ({first})") from None
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[FewShotMethod, ModelSpec]:
-    """Rebuild the model saved at ``path`` (run folder or ``.pt``) in eval mode."""
+def load_model(
+    path: str | Path, device: str | torch.device = "cpu", test_views: int | None = None
+) -> tuple[FewShotMethod, ModelSpec]:
+    """Rebuild the model saved at ``path`` (run folder or ``.pt``) in eval mode.
+
+    ``test_views`` overrides the number of test-time views saved with the model (1 turns them off).
+    """
     checkpoint = read_checkpoint(path)
     spec = ModelSpec.from_dict(checkpoint["spec"])
+    if test_views is not None:
+        spec = replace(spec, test_views=test_views)
     model = spec.build()
     load_state(model, spec, checkpoint, str(path))
     return model.to(device).eval(), spec

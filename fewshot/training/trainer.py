@@ -19,8 +19,8 @@ import torch
 from tqdm import tqdm
 
 from fewshot.data import FewShotDataset, Task, TaskSampler, build_task
+from fewshot.data.augment import AugmentConfig, augment_task
 from fewshot.evaluation.evaluate import evaluate
-from fewshot.training.augment import AugmentConfig, augment_task
 from fewshot.training.checkpoint import ModelSpec, load_state, read_checkpoint, save_checkpoint
 from fewshot.utils import atomic_write_text, autocast, resolve_device, seed_everything
 
@@ -40,6 +40,7 @@ class TrainConfig:
     shots: int = 1
     queries: int = 5
     meta_batch: int = 1  # tasks per optimizer step; an "episode" of the budget is one step
+    within_group: bool = False  # draw each training task's classes from one group (Omniglot: one alphabet)
     episodes: int = 5000
     time_budget: float | None = None  # seconds of wall time, validation included
     lr: float = 1e-3
@@ -105,7 +106,8 @@ class Trainer:
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
                                           fused=True)
         self.augment = AugmentConfig.from_string(config.augment)
-        self.sampler = TaskSampler(train_set, config.ways, config.shots, config.queries, config.episodes, config.seed)
+        self.sampler = TaskSampler(train_set, config.ways, config.shots, config.queries, config.episodes, config.seed,
+                                   within_group=config.within_group)
         self.val_specs = None
         if val_set is not None:
             self.val_specs = TaskSampler(

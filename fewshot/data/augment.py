@@ -227,7 +227,9 @@ def elastic_field(
     return field.permute(1, 2, 0, 3).contiguous()
 
 
-def augment(images: torch.Tensor, config: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
+def augment(
+    images: torch.Tensor, config: AugmentConfig, generator: torch.Generator, shared: bool = False
+) -> torch.Tensor:
     """Randomly transform each image of a batch.
 
     Args:
@@ -235,6 +237,8 @@ def augment(images: torch.Tensor, config: AugmentConfig, generator: torch.Genera
         config: the ranges; when ``not config.enabled`` the input itself is returned.
         generator: source of all randomness (its device, usually CPU, is where the draws are made; they are
             then moved to the images' device).
+        shared: one draw applied to every image of the batch (test-time views: an image's view then does not
+            depend on the other images of its batch).
 
     Returns:
         ``[B, C, H, W]`` on the images' device and dtype.
@@ -249,7 +253,8 @@ def augment(images: torch.Tensor, config: AugmentConfig, generator: torch.Genera
     if batch == 0:
         return images
     gen_device = generator.device
-    u = torch.rand(batch, 5, generator=generator, device=gen_device)  # always drawn: same stream for any config
+    draws = 1 if shared else batch
+    u = torch.rand(draws, 5, generator=generator, device=gen_device)  # always drawn: same stream for any config
     lo, hi = config.scale
     theta = affine_theta(
         angle=(2.0 * u[:, 0] - 1.0) * config.rotation,
@@ -263,12 +268,13 @@ def augment(images: torch.Tensor, config: AugmentConfig, generator: torch.Genera
     dtype = images.dtype if images.dtype in (torch.float32, torch.float64) else torch.float32
     # The sampling grid, channel-first [B, 2, H*W]: theta @ [x; y; 1] over the pixel centres (what
     # affine_grid computes, but one GEMM is ~15x faster on CPU), plus the elastic displacement.
-    theta = theta.to(images.device, dtype).reshape(batch * 2, 3)
+    theta = theta.expand(batch, 2, 3).to(images.device, dtype).reshape(batch * 2, 3)
     base = _base_grid(height, width).to(images.device, dtype)
     if config.elastic_alpha > 0:
-        field = elastic_field(batch, height, width, config.elastic_alpha, config.elastic_sigma, generator)
+        field = elastic_field(draws, height, width, config.elastic_alpha, config.elastic_sigma, generator)
+        field = field.expand(batch, 2, height, width)
         to_grid = torch.tensor([2.0 / width, 2.0 / height], device=field.device).view(1, 2, 1, 1)  # pixels -> grid
-        offset = (field * to_grid).to(images.device, dtype).view(batch * 2, height * width)
+        offset = (field * to_grid).to(images.device, dtype).reshape(batch * 2, height * width)
         grid = torch.addmm(offset, theta, base)
     else:
         grid = theta @ base

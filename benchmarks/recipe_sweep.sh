@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The validation sweep behind the omniglot-protonet and omniglot-memorynet recipes (docs/results.md, "Recipe
+# sweep"). Each variant trains on `minimal` without Korean and Balinese (never looked at here) and is scored on
+# Early_Aramaic only: 300 seeded 20-way 1-shot within-alphabet tasks, every 250 episodes; the figure is the best
+# of those. Two variants at a time, one thread each, 10 minutes each (about 5 minutes of the whole machine).
+#
+#   OUT=runs/sweep bash benchmarks/recipe_sweep.sh            # all variants, about 70 minutes
+#   OUT=runs/sweep bash benchmarks/recipe_sweep.sh D_elastic  # some of them
+set -euo pipefail
+ROOT=${ROOT:-../shared/data/omniglot}
+OUT=${OUT:-runs/sweep}
+BUDGET=${BUDGET:-600}
+AFFINE=rotation=10,shear=5,scale=0.9:1.1,shift=0.08
+declare -A VARIANTS=(
+  [A_base]="protonet --augment $AFFINE"
+  [B_within]="protonet --augment $AFFINE --within-alphabet"
+  [C_size40]="protonet --augment $AFFINE --image-size 40"
+  [D_elastic]="protonet --augment $AFFINE,elastic=1.5:4"
+  [E_el15_within]="protonet --augment $AFFINE,elastic=1.5:4 --within-alphabet"
+  [F_el3]="protonet --augment $AFFINE,elastic=3:4"
+  [G_el_lr2]="protonet --augment $AFFINE,elastic=1.5:4 --lr 2e-3"
+  [H_el_q2]="protonet --augment $AFFINE,elastic=1.5:4 --queries 2"
+  [I_el_pools3]="protonet --augment $AFFINE,elastic=1.5:4 --backbone-options pools=3"
+  [J_el2]="protonet --augment $AFFINE,elastic=2:4"
+  [S_siamese_el]="siamese --augment $AFFINE,elastic=1.5:4"
+  [M_memorynet_el]="memorynet --augment $AFFINE,elastic=1.5:4"
+)
+names=("$@")
+[ ${#names[@]} -gt 0 ] || names=(A_base B_within C_size40 D_elastic E_el15_within F_el3 G_el_lr2 H_el_q2 I_el_pools3 J_el2
+                                  S_siamese_el M_memorynet_el)
+mkdir -p "$OUT"
+train() {  # NAME METHOD FLAGS...
+  local name=$1 method=$2; shift 2
+  [ -f "$OUT/$name/best.pt" ] && return 0
+  OMP_NUM_THREADS=1 fewshot train --recipe "omniglot-$method" --root "$ROOT" --split minimal \
+      --holdout-alphabets Korean,Balinese --val-alphabets Early_Aramaic --time-budget "$BUDGET" --seed 0 \
+      --test-views 1 --out "$OUT/$name" --quiet "$@" > "$OUT/$name.log" 2>&1
+}
+for ((i = 0; i < ${#names[@]}; i += 2)); do
+  for name in "${names[@]:i:2}"; do
+    # shellcheck disable=SC2086
+    train "$name" ${VARIANTS[$name]} &
+  done
+  wait
+done
+for name in "${names[@]}"; do
+  awk -F, -v name="$name" 'NR > 1 && $6 != "" { if ($6 > best) { best = $6; ci = $7 }; n = $1 }
+       END { printf "%-16s validation %.1f ± %.1f%%  (%d episodes)\n", name, 100 * best, 100 * ci, n }' \
+      "$OUT/$name/metrics.csv"
+done
