@@ -4,7 +4,7 @@
 # Early_Aramaic only: 300 seeded 20-way 1-shot within-alphabet tasks, every 250 episodes; the figure is the best
 # of those. Two variants at a time, one thread each, 10 minutes each (about 5 minutes of the whole machine).
 #
-#   OUT=runs/sweep bash benchmarks/recipe_sweep.sh            # all variants, about 70 minutes
+#   OUT=runs/sweep bash benchmarks/recipe_sweep.sh            # all variants, about 80 minutes
 #   OUT=runs/sweep bash benchmarks/recipe_sweep.sh D_elastic  # some of them
 set -euo pipefail
 ROOT=${ROOT:-../shared/data/omniglot}
@@ -24,10 +24,12 @@ declare -A VARIANTS=(
   [J_el2]="protonet --augment $AFFINE,elastic=2:4"
   [S_siamese_el]="siamese --augment $AFFINE,elastic=1.5:4"
   [M_memorynet_el]="memorynet --augment $AFFINE,elastic=1.5:4"
+  [R_relationnet_el]="relationnet --augment $AFFINE,elastic=1.5:4"
+  [X_matchingnet_el]="matchingnet --augment $AFFINE,elastic=1.5:4"
 )
 names=("$@")
 [ ${#names[@]} -gt 0 ] || names=(A_base B_within C_size40 D_elastic E_el15_within F_el3 G_el_lr2 H_el_q2 I_el_pools3 J_el2
-                                  S_siamese_el M_memorynet_el)
+                                  S_siamese_el M_memorynet_el R_relationnet_el X_matchingnet_el)
 mkdir -p "$OUT"
 train() {  # NAME METHOD FLAGS...
   local name=$1 method=$2; shift 2
