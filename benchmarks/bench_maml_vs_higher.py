@@ -24,10 +24,15 @@ the largest entry of each gradient; exit status 1 above 1e-9 in fp64. The fp32 f
 second-order steps from a random initialisation amplify rounding, so the same arithmetic in another order (``vmap``'s
 grouped convolutions and composite batch norm) already differs by about 1e-3 there.
 
+With ``--compiled`` a sixth side, ``ours (compiled)``, is timed too: the per-task meta-gradient written as one pure
+function of the weights (``torch.func.grad`` of the query loss, whose inner loop takes ``torch.func.grad`` steps),
+traced to aten operations by ``make_fx`` and compiled by Inductor (about two minutes, printed, untimed; its peak
+memory is not measured). The bf16 side's meta-gradient is also compared with the float64 one.
+
 higher is pure Python and imports beside torch 2.13: ``pip install --no-deps higher==0.2.1``. From the repository
 root::
 
-    python benchmarks/bench_maml_vs_higher.py   # --root, --batches, --block, --warmup, --threads, --device
+    python benchmarks/bench_maml_vs_higher.py   # --root, --batches, --block, --warmup, --threads, --device, --compiled
 
 On an idle machine: the script prints the load average and warns when other processes shared the CPUs.
 """
@@ -51,6 +56,7 @@ from torch import nn
 from fewshot.backbones import Conv4
 from fewshot.data import Task, TaskSampler, build_task
 from fewshot.data.omniglot import Omniglot
+from fewshot.methods.inner_loop import configure_batch_norm
 from fewshot.methods.maml import MAML, vectorize_by_default
 
 REPO = Path(__file__).resolve().parent.parent
@@ -118,10 +124,58 @@ def our_side(model: MAML, vectorize: bool, checkpoint: bool = False, bf16: bool 
     return step
 
 
+class _TaskLoss(nn.Module):
+    """One task's query loss after the inner loop, as a module, so that ``functional_call`` can swap its weights."""
+
+    def __init__(self, model: MAML) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor,
+                query_labels: torch.Tensor) -> torch.Tensor:
+        with configure_batch_norm(self.model.backbone, composite=True):
+            logits = self.model.adapt(support, support_labels, query, WAYS, training=True, functional=True)
+        return F.cross_entropy(logits, query_labels)
+
+
+def compiled_side(model: MAML) -> Callable[[list[Task]], None]:
+    """Our inner loop as one pure function of the weights (``torch.func.grad`` inside and out), traced to aten ops
+    with ``make_fx`` and compiled by Inductor once: every task's meta-gradient is then one call of generated code."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    task_loss = _TaskLoss(model)
+    outer = torch.optim.Adam(model.parameters(), lr=OUTER_LR)
+    meta_gradient = torch.func.grad(lambda weights, *task: torch.func.functional_call(task_loss, weights, task))
+    compiled: list[Callable] = []
+
+    def step(tasks: list[Task]) -> None:
+        weights = {name: p.detach() for name, p in task_loss.named_parameters()}
+        total = dict.fromkeys(weights, 0.0)
+        for task in tasks:
+            inputs = (task.support_images, task.support_labels, task.query_images, task.query_labels)
+            if not compiled:
+                started = time.perf_counter()
+                compiled.append(torch.compile(make_fx(meta_gradient)(weights, *inputs), fullgraph=True))
+                fast = compiled[0](weights, *inputs)
+                seconds = time.perf_counter() - started
+                error = relative_error(list(fast.values()), list(meta_gradient(weights, *inputs).values()))
+                print(f"  ours (compiled): traced and compiled in {seconds:.0f} s; its meta-gradient differs from "
+                      f"the uncompiled one by {error:.1e} (norm of the difference / norm)")
+            grads = compiled[0](weights, *inputs)
+            total = {name: total[name] + grads[name] / len(tasks) for name in total}
+        for name, p in task_loss.named_parameters():
+            p.grad = total[name]
+        outer.step()
+
+    return step
+
+
 def build_side(name: str, device: torch.device) -> Callable[[list[Task]], None]:
     ours, reference = initial_models(device)
     if name == "higher":
         return higher_side(reference)
+    if name == "ours (compiled)":
+        return compiled_side(ours)
     vectorize = name == "ours (vmap)" or (name == "ours (bf16)" and vectorize_by_default(device))
     return our_side(ours, vectorize=vectorize, checkpoint=name == "ours (ckpt)", bf16=name == "ours (bf16)")
 
@@ -143,11 +197,23 @@ def meta_gradients(device: torch.device, tasks: list[Task], dtype: torch.dtype) 
                 diffopt.step(F.cross_entropy(fmodel(task.support_images), task.support_labels))
             (F.cross_entropy(fmodel(task.query_images), task.query_labels) / len(tasks)).backward()
     result["higher"] = [p.grad.clone() for p in reference.parameters()]
+    parameters = [*ours.backbone.parameters(), *ours.head.parameters()]
     for name, vectorize in (("ours (loop)", False), ("ours (vmap)", True)):
         ours.vectorize = vectorize
         loss, _ = ours.batch_loss(tasks)
-        result[name] = list(torch.autograd.grad(loss, [*ours.backbone.parameters(), *ours.head.parameters()]))
+        result[name] = list(torch.autograd.grad(loss, parameters))
+    if dtype == torch.float32:
+        ours.vectorize = False
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            loss, _ = ours.batch_loss(tasks)
+        result["ours (bf16)"] = list(torch.autograd.grad(loss, parameters))
     return result
+
+
+def relative_error(grads: list[torch.Tensor], exact: list[torch.Tensor]) -> float:
+    """``|g - exact| / |exact|`` over all the tensors, as one vector (float64)."""
+    flat, reference = (torch.cat([t.detach().double().flatten().cpu() for t in ts]) for ts in (grads, exact))
+    return float((flat - reference).norm() / reference.norm())
 
 
 def _status_kb(field: str) -> int:
@@ -196,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=1, help="untimed meta-batches per side first")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--compiled", action="store_true",
+                        help="also time 'ours (compiled)', the meta-gradient compiled by torch.compile (minutes)")
     parser.add_argument("--memory-side", help=argparse.SUPPRESS)  # internal: measure one side in this process
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -216,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
           f"meta-batch {META_BATCH}, {INNER_STEPS} inner SGD steps of {INNER_LR}, second order, fp32, "
           f"Adam lr {OUTER_LR}")
     batches = meta_batches(args.root, args.warmup + args.batches + 1, device)
-    sides = {name: build_side(name, device) for name in SIDES}
+    names = (*SIDES, "ours (compiled)") if args.compiled else SIDES
+    sides = {name: build_side(name, device) for name in names}
     ours, reference = initial_models(device)
     same = all(torch.equal(a, b) for a, b in zip([*ours.backbone.parameters(), *ours.head.parameters()],
                                                  reference.parameters(), strict=True))
@@ -232,21 +301,21 @@ def main(argv: list[str] | None = None) -> int:
             torch.cuda.synchronize()
         return time.perf_counter() - started
 
-    for name in SIDES:
+    for name in names:
         run(name, 0, args.warmup)
-    seconds, done = dict.fromkeys(SIDES, 0.0), 0
+    seconds, done = dict.fromkeys(names, 0.0), 0
     round_ratios = []
     load_before = os.getloadavg()[0]
     for rnd in range((args.batches + args.block - 1) // args.block):
         n = min(args.block, args.batches - done)
-        order = SIDES[rnd % len(SIDES):] + SIDES[: rnd % len(SIDES)]
+        order = names[rnd % len(names):] + names[: rnd % len(names)]
         took = {name: run(name, args.warmup + done, n) for name in order}
-        for name in SIDES:
+        for name in names:
             seconds[name] += took[name]
         round_ratios.append(took["higher"] / took[default_path(device)])
         done += n
     load_after = os.getloadavg()[0]
-    rates = {name: args.batches * META_BATCH / seconds[name] for name in SIDES}
+    rates = {name: args.batches * META_BATCH / seconds[name] for name in names}
 
     memory = {}
     # Blocks of 64 KiB and more are mmapped and so unmapped when freed: the resident set follows the live tensors.
@@ -260,8 +329,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{load_before:.1f} before, {load_after:.1f} after, on {os.cpu_count()} CPUs):")
     if device.type == "cpu" and load_after > args.threads + 0.75:
         print("  WARNING: other processes competed for the CPUs; the numbers are noisy, rerun on a quiet machine")
-    for name in SIDES:
-        print(f"  {name:<12} {rates[name]:7.2f} tasks/s   peak memory {memory[name]['peak_mib']:8.1f} MiB")
+    for name in names:
+        peak = f"{memory[name]['peak_mib']:8.1f} MiB" if name in memory else "(not measured)"
+        print(f"  {name:<15} {rates[name]:7.2f} tasks/s   peak memory {peak}")
     print(f"  memory: {memory['higher']['method']}, one meta-batch after a warm-up, each side in its own process")
     print(f"  vmap / loop: {rates['ours (vmap)'] / rates['ours (loop)']:.2f}x")
     ours_default = default_path(device)
@@ -277,16 +347,21 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False  # true fp32 for the check
     ok = True
+    grads = {dtype: meta_gradients(device, batches[-1], dtype) for dtype in (torch.float32, torch.float64)}
     for dtype in (torch.float32, torch.float64):
-        grads = meta_gradients(device, batches[-1], dtype)
         for name in ("ours (loop)", "ours (vmap)"):
             diff = max(float((a - b).abs().max() / b.abs().max())
-                       for a, b in zip(grads[name], grads["higher"], strict=True))
+                       for a, b in zip(grads[dtype][name], grads[dtype]["higher"], strict=True))
             gated = dtype == torch.float64
             ok &= not gated or diff <= MAX_GRAD_DIFF
             print(f"meta-gradient check, {name} vs higher ({str(dtype)[6:]}, same weights, one meta-batch): "
                   f"largest difference {diff:.2e} of the largest entry, per tensor"
                   + (f" (limit {MAX_GRAD_DIFF:.0e})" if gated else " (rounding only: not checked)"))
+    exact = grads[torch.float64]["higher"]
+    for name in ("higher", "ours (loop)", "ours (bf16)"):
+        label = name if name == "ours (bf16)" else f"{name}, fp32"
+        print(f"meta-gradient error against fp64, {label}: {relative_error(grads[torch.float32][name], exact):.1e} "
+              "(norm of the difference / norm of the fp64 gradient)")
     if not ok:
         print("FAIL: the meta-gradients differ")
         return 1

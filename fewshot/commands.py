@@ -136,7 +136,9 @@ def build_train_config(s: dict[str, Any], train: FewShotDataset):
     model = ModelSpec(s["method"], s["backbone"], method_options, parse_options(s["backbone_options"]),
                       train.image_shape(), invert=s["dataset"] in ("omniglot", "glyphs"),
                       test_views=s["test_views"], test_augment=_test_augment(s))
-    precision = s["precision"] if s["precision"] != "auto" else default_precision(resolve_device(s["device"]))
+    precision = s["precision"]
+    if precision == "auto":
+        precision = default_precision(resolve_device(s["device"])) if model.build().bf16_training_safe else "fp32"
     fields = ("ways", "shots", "queries", "meta_batch", "episodes", "time_budget", "lr", "lr_schedule", "weight_decay",
               "grad_clip", "augment", "val_every", "val_episodes", "val_ways", "val_shots", "val_queries",
               "seed", "device", "channels_last")

@@ -56,6 +56,11 @@ def autocast(device: torch.device, precision: str) -> torch.autocast:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
+def full_precision(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in fp32 if it is in a 16-bit float type (as under autocast), else unchanged (fp64 stays fp64)."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def cpu_supports_bf16() -> bool:
     """Whether this CPU has native bfloat16 arithmetic (AVX512-BF16 or AMX), where bf16 pays off."""
     try:

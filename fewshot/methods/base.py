@@ -8,6 +8,7 @@ from torch import nn
 
 from fewshot.data.augment import AugmentConfig, augment
 from fewshot.data.task import Task
+from fewshot.utils import full_precision
 
 
 class FewShotMethod(nn.Module):
@@ -34,6 +35,15 @@ class FewShotMethod(nn.Module):
             query_images: ``[M, C, H, W]``.
         """
         raise NotImplementedError
+
+    @property
+    def bf16_training_safe(self) -> bool:
+        """Whether bf16 autocast leaves the training gradient usable; ``--precision auto`` trains in fp32 if not.
+
+        True for every method whose gradient under bf16 autocast is within about 40% of the float64 one
+        (``benchmarks/bf16_gradients.py``), which trains as well as fp32 at equal time.
+        """
+        return True
 
     def loss(self, task: Task) -> tuple[torch.Tensor, torch.Tensor]:
         """``(loss, query logits)`` for one labelled task; cross-entropy on the queries unless overridden."""
@@ -88,9 +98,9 @@ class MetricMethod(FewShotMethod):
         if self.training or self.test_views == 1:
             return self.embed(images)
         generator = torch.Generator().manual_seed(0)
-        total = self.embed(images).float()
+        total = full_precision(self.embed(images))
         for _ in range(self.test_views - 1):
-            total = total + self.embed(augment(images, self.test_augment, generator, shared=True)).float()
+            total = total + full_precision(self.embed(augment(images, self.test_augment, generator, shared=True)))
         mean = total / self.test_views
         return F.normalize(mean, dim=-1) if self.unit_features else mean
 

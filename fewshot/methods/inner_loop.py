@@ -27,6 +27,8 @@ from torch import nn
 from torch.func import functional_call
 from torch.utils.checkpoint import checkpoint as checkpoint_fn
 
+from fewshot.utils import full_precision
+
 #: A scalar inner learning rate, or one tensor per adapted weight (Meta-SGD), keyed like the weights.
 LearningRate = float | Mapping[str, torch.Tensor]
 
@@ -92,11 +94,6 @@ def inner_loop(
     for _ in range(steps):
         fast = checkpoint_fn(step, *fast, use_reentrant=False) if checkpoint else step(*fast)
     return dict(zip(names, fast, strict=True))
-
-
-def full_precision(x: torch.Tensor) -> torch.Tensor:
-    """``x`` in fp32 if it is in a 16-bit float type (as under autocast), else unchanged (fp64 stays fp64)."""
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
 class TaskBatchNorm(nn.Module):

@@ -161,6 +161,13 @@ class MAML(FewShotMethod):
             dim = feature_dim if feature_dim is not None else measure_feature_dim(backbone, image_size)
             self.head = nn.Linear(dim, ways)
 
+    @property
+    def bf16_training_safe(self) -> bool:
+        """Not with several second-order inner steps: each one multiplies bf16's rounding, so the meta-gradient of
+        5 steps is as far from the float64 one as it is long (relative error 1.0; 0.36 with one step, which trains
+        as well as fp32: docs/results.md, "Mixed precision")."""
+        return self.first_order or self.inner_steps <= 1 or not self.adapt_body
+
     # -- what the variants change ------------------------------------------------------------------
     def initial_head(
         self, support_features: torch.Tensor | None, support_labels: torch.Tensor, ways: int

@@ -34,6 +34,7 @@ from torch import nn
 from fewshot.backbones import measure_feature_dim
 from fewshot.data.task import Task
 from fewshot.methods.base import FewShotMethod
+from fewshot.utils import full_precision
 
 
 def least_used(usage: torch.Tensor, count: int) -> torch.Tensor:
@@ -152,14 +153,14 @@ class MANN(FewShotMethod):
 
     # -- the recurrent core --------------------------------------------------------------------------
     def initial_state(self, batch: int, features: torch.Tensor) -> MemoryState:
-        device = features.device
-        zeros = torch.zeros(batch, self.controller.hidden_size, device=device)
+        like = {"device": features.device, "dtype": features.dtype}
+        zeros = torch.zeros(batch, self.controller.hidden_size, **like)
         return MemoryState(
             hidden=zeros, cell=zeros.clone(),
-            memory=torch.full((batch, self.slots, self.slot_size), 1e-6, device=device),
-            usage=torch.zeros(batch, self.slots, device=device),
-            read_weights=torch.eye(self.heads, self.slots, device=device).expand(batch, -1, -1),  # head i: slot i
-            reads=torch.zeros(batch, self.heads * self.slot_size, device=device),
+            memory=torch.full((batch, self.slots, self.slot_size), 1e-6, **like),
+            usage=torch.zeros(batch, self.slots, **like),
+            read_weights=torch.eye(self.heads, self.slots, **like).expand(batch, -1, -1),  # head i: slot i
+            reads=torch.zeros(batch, self.heads * self.slot_size, **like),
             previous=features.new_zeros(batch, features.shape[-1]),
         )
 
@@ -189,9 +190,9 @@ class MANN(FewShotMethod):
         self._check_ways(int(labels.max()) + 1)
         # The recurrence runs in fp32: cosine addressing and the LSTM state lose too much in bf16.
         with torch.autocast(features.device.type, enabled=False):
-            features = features.float()
+            features = full_precision(features)
             state = state or self.initial_state(batch, features)
-            one_hot = F.one_hot(labels, self.ways).float()
+            one_hot = F.one_hot(labels, self.ways).to(features.dtype)
             previous = torch.cat([torch.zeros_like(one_hot[:, :1]), one_hot[:, :-1]], 1)
             logits = []
             for t in range(length):
@@ -201,7 +202,7 @@ class MANN(FewShotMethod):
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Controller input features ``[B, D]`` of images ``[B, C, H, W]``."""
-        return self.feature_norm(self.backbone(images).float())
+        return self.feature_norm(full_precision(self.backbone(images)))
 
     def sequence_logits(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Logits ``[B, T, ways]`` of image sequences ``[B, T, C, H, W]`` with labels ``[B, T]`` (label-delayed)."""
@@ -229,8 +230,8 @@ class MANN(FewShotMethod):
         _, state = self.run_sequence(features[None, :n_support], labels[None])
         queries = len(query_images)
         with torch.autocast(features.device.type, enabled=False):
-            last_label = F.one_hot(labels[-1], self.ways).float().expand(queries, -1)
-            logits, _ = self.step(state.expand(queries), features[n_support:].float(), last_label)
+            last_label = F.one_hot(labels[-1], self.ways).to(features.dtype).expand(queries, -1)
+            logits, _ = self.step(state.expand(queries), full_precision(features[n_support:]), last_label)
         return logits[:, :ways]
 
     def loss(self, task: Task) -> tuple[torch.Tensor, torch.Tensor]:

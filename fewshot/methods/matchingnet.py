@@ -17,6 +17,7 @@ from torch import nn
 
 from fewshot.backbones import feature_dim as backbone_feature_dim
 from fewshot.methods.base import MetricMethod
+from fewshot.utils import full_precision
 
 
 def class_log_probabilities(attention_logits: torch.Tensor, support_labels: torch.Tensor) -> torch.Tensor:
@@ -123,7 +124,7 @@ class MatchingNet(MetricMethod):
     ) -> torch.Tensor:
         """``scale * cos(f(x̂), g(x_i))`` ``[M, S]``; its softmax over ``S`` is the attention."""
         with torch.autocast(support_features.device.type, enabled=False):
-            support, query = support_features.float().flatten(1), query_features.float().flatten(1)
+            support, query = full_precision(support_features).flatten(1), full_precision(query_features).flatten(1)
             if self.fce:
                 if support.shape[-1] != self.feature_dim:
                     raise ValueError(

@@ -25,6 +25,7 @@ from torch import nn
 
 from fewshot.backbones import measure_feature_dim
 from fewshot.methods.base import MetricMethod
+from fewshot.utils import full_precision
 
 WRITE_MODES = ("examples", "prototypes")
 
@@ -117,7 +118,7 @@ class MemoryNet(MetricMethod):
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Keys ``[B, key_size]`` (unit length) of images ``[B, C, H, W]``."""
-        return F.normalize(self.project(self.backbone(images).float()), dim=-1)
+        return F.normalize(self.project(full_precision(self.backbone(images))), dim=-1)
 
     # -- write / read / predict on tensors; leading dimensions are episodes --------------------------------
     def write(self, keys: torch.Tensor, labels: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -153,8 +154,8 @@ class MemoryNet(MetricMethod):
     ) -> torch.Tensor:
         num_classes = int(support_labels.max()) + 1
         with torch.autocast(support_features.device.type, enabled=False):
-            keys, values = self.write(support_features.float(), support_labels, num_classes)
-            queries = query_features.float()
+            keys, values = self.write(full_precision(support_features), support_labels, num_classes)
+            queries = full_precision(query_features)
             return self.predict(self.read(keys, values, queries), keys, values, queries)
 
     # -- a memory that outlives the episode -------------------------------------------------------------

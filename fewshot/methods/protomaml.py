@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from fewshot.methods.base import class_means
-from fewshot.methods.inner_loop import full_precision
 from fewshot.methods.maml import MAML
+from fewshot.utils import full_precision
 
 
 class ProtoMAML(MAML):

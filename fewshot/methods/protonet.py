@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fewshot.methods.base import MetricMethod, class_means
+from fewshot.utils import full_precision
 
 
 class ProtoNet(MetricMethod):
@@ -33,7 +34,7 @@ class ProtoNet(MetricMethod):
         """Logits ``[..., M, N]``; leading dimensions are episodes."""
         # Distances in fp32 even under bf16 autocast: they are small differences of large terms.
         with torch.autocast(support_features.device.type, enabled=False):
-            support_features, query_features = support_features.float(), query_features.float()
+            support_features, query_features = full_precision(support_features), full_precision(query_features)
             prototypes = class_means(support_features, support_labels)
             if self.scale is not None:
                 normalized = F.normalize(prototypes, dim=-1).transpose(-1, -2)

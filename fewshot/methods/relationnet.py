@@ -15,6 +15,7 @@ from torch import nn
 from fewshot.backbones.conv4 import Conv4
 from fewshot.data.task import Task
 from fewshot.methods.base import MetricMethod, class_means
+from fewshot.utils import full_precision
 
 LOSSES = ("mse", "ce")
 
@@ -156,12 +157,12 @@ class RelationNet(MetricMethod):
     def class_maps(self, support_maps: torch.Tensor, support_labels: torch.Tensor) -> torch.Tensor:
         """Sum (or mean) of the support maps of each class: ``[N*K, C, h, w]``, ``[N*K]`` -> ``[N, C, h, w]`` (fp32)."""
         num_classes = int(support_labels.max()) + 1
-        counts = torch.bincount(support_labels, minlength=num_classes).to(torch.float32)
+        counts = torch.bincount(support_labels, minlength=num_classes)
         with torch.autocast(support_maps.device.type, enabled=False):  # sums in fp32 even under bf16 autocast
-            flat = support_maps.float().flatten(1)
+            flat = full_precision(support_maps).flatten(1)
             pooled = class_means(flat, support_labels, num_classes)
             if self.class_pooling == "sum":
-                pooled = pooled * counts[:, None]
+                pooled = pooled * counts[:, None].to(pooled.dtype)
         return pooled.view(num_classes, *support_maps.shape[1:])
 
     def classify(
@@ -172,7 +173,7 @@ class RelationNet(MetricMethod):
         The relation module runs under the caller's autocast (bf16 convolutions where enabled).
         """
         class_maps = self.class_maps(support_maps, support_labels).to(query_maps.dtype)
-        return self.relation(class_maps, query_maps).float()
+        return full_precision(self.relation(class_maps, query_maps))
 
     def relation_scores(
         self, support_maps: torch.Tensor, support_labels: torch.Tensor, query_maps: torch.Tensor

@@ -18,6 +18,7 @@ from fewshot.methods.losses import (
     pairwise_distances,
     triplet_loss,
 )
+from fewshot.utils import full_precision
 
 LOSSES = ("contrastive", "triplet", "bce")
 AGGREGATES = ("nearest", "mean")
@@ -155,7 +156,7 @@ class SiameseNet(MetricMethod):
         features = self.backbone(images)
         if self.projection is not None:
             features = self.projection(features)
-        return F.normalize(features.float(), dim=-1)
+        return F.normalize(full_precision(features), dim=-1)
 
     def similarity(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Similarity ``[..., m, n]`` of every ``x`` ``[..., m, D]`` to every ``y`` ``[..., n, D]``.
@@ -168,7 +169,7 @@ class SiameseNet(MetricMethod):
             return -pairwise_distances(x, y)
         if self.head.in_features == 0:  # before the head's first input
             self.head.materialize(x.shape[-1], x.device)
-        weight, bias = self.head.weight[0].float(), self.head.bias[0].float()
+        weight, bias = full_precision(self.head.weight[0]), full_precision(self.head.bias[0])
         positive, negative = F.relu(weight), F.relu(-weight)
         return torch.cdist(x * positive, y * positive, p=1) - torch.cdist(x * negative, y * negative, p=1) + bias
 
@@ -179,7 +180,7 @@ class SiameseNet(MetricMethod):
         episodes."""
         # fp32 even under bf16 autocast: distances are small differences of large terms.
         with torch.autocast(support_features.device.type, enabled=False):
-            scores = self.similarity(query_features.float(), support_features.float())
+            scores = self.similarity(full_precision(query_features), full_precision(support_features))
             return aggregate_per_class(scores, support_labels, self.aggregate)
 
     def loss(self, task: Task) -> tuple[torch.Tensor, torch.Tensor]:
@@ -188,7 +189,7 @@ class SiameseNet(MetricMethod):
         features = self.embed(torch.cat([task.support_images, task.query_images]))
         labels = torch.cat([task.support_labels, task.query_labels])
         with torch.autocast(features.device.type, enabled=False):
-            features = features.float()
+            features = full_precision(features)
             if self.loss_name == "contrastive":
                 value = contrastive_loss(features, labels, self.margin)
             elif self.loss_name == "triplet":
