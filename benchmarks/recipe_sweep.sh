@@ -30,11 +30,13 @@ declare -A VARIANTS=(
   [L_el_cosine]="protonet --augment $AFFINE,elastic=1.5:4 --method-options distance=cosine"
   [P_maml_fp32]="maml --precision fp32"
   [Q_maml_bf16]="maml --precision bf16"
+  [U_maml_shared]="maml --method-options inner_steps=1,inner_lr=0.1,test_inner_steps=3,shared_head=True"
+  [V_metasgd_shared]="metasgd --method-options inner_steps=1,inner_lr=0.1,test_inner_steps=3,shared_head=True"
 )
 names=("$@")
 [ ${#names[@]} -gt 0 ] || names=(A_base B_within C_size40 D_elastic E_el15_within F_el3 G_el_lr2 H_el_q2 I_el_pools3 J_el2
                                   S_siamese_el M_memorynet_el R_relationnet_el X_matchingnet_el K_el_wide96 L_el_cosine
-                                  P_maml_fp32 Q_maml_bf16)
+                                  P_maml_fp32 Q_maml_bf16 U_maml_shared V_metasgd_shared)
 mkdir -p "$OUT"
 train() {  # NAME METHOD FLAGS...
   local name=$1 method=$2; shift 2

@@ -67,6 +67,8 @@ FD_MODELS = {
     "maml-1-step": lambda: MAML(smooth_body(), inner_steps=1, inner_lr=0.5, ways=3),
     "maml-2-steps": lambda: MAML(smooth_body(), inner_steps=2, inner_lr=0.5, ways=3),
     "metasgd": lambda: MetaSGD(smooth_body(), inner_steps=1, inner_lr=0.5, ways=3),
+    "maml-shared-head": lambda: MAML(smooth_body(), inner_steps=2, inner_lr=0.5, shared_head=True),
+    "metasgd-shared-head": lambda: MetaSGD(smooth_body(), inner_steps=2, inner_lr=0.5, shared_head=True),
     "protomaml-body": lambda: ProtoMAML(smooth_body(), inner_steps=1, inner_lr=0.1, adapt_body=True),
 }
 
@@ -416,3 +418,21 @@ def test_maml_learns_unseen_glyph_classes_well_above_chance(tmp_path):
     unseen = load_dataset("glyphs", split="evaluation", glyph_classes=60)
     result = evaluate(model, unseen, 5, 1, queries=5, episodes=100, seed=1)
     assert result.accuracy > 0.5, result.summary()  # chance is 0.2
+
+
+@pytest.mark.parametrize("cls", [MAML, MetaSGD])
+def test_a_shared_head_adapts_to_any_number_of_classes_whatever_their_order(cls):
+    """One head row for every class: a model built for 5 ways takes a 20-way task, and relabelling the classes
+    permutes the logits' columns and nothing else (the start is the same for every class)."""
+    torch.manual_seed(0)
+    model = cls(smooth_body(), inner_steps=2, inner_lr=0.5, test_inner_steps=2, ways=5, shared_head=True).to(DOUBLE)
+    assert model.head.weight.shape == (1, 6)
+    task = vector_task(ways=20, shots=1, queries=1)
+    model.eval()
+    logits = model(task.support_images, task.support_labels, task.query_images)
+    assert logits.shape == (20, 20)
+    permutation = torch.randperm(20)
+    relabelled = model(task.support_images, permutation[task.support_labels], task.query_images)
+    torch.testing.assert_close(relabelled[:, permutation], logits)
+    with pytest.raises(ValueError, match="head has only 5 outputs"):
+        cls(smooth_body(), ways=5).to(DOUBLE)(task.support_images, task.support_labels, task.query_images)

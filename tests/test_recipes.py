@@ -23,3 +23,18 @@ def test_every_recipe_builds_its_model_and_gives_logits(name):
 def test_an_unknown_recipe_names_the_choices():
     with pytest.raises(KeyError, match="omniglot-protonet"):
         get_recipe("omniglot-nothing")
+
+
+# The recipes that issues have scored on Lake's runs, which are 20-way.
+LAKE_SCORED = ("protonet", "siamese", "relationnet", "matchingnet", "maml", "metasgd", "protomaml", "memorynet")
+
+
+@pytest.mark.parametrize("method", LAKE_SCORED)
+def test_recipes_scored_on_lake_runs_classify_twenty_way_tasks(method):
+    settings = {**TRAIN_DEFAULTS, **get_recipe(f"omniglot-{method}"), "device": "cpu", "precision": "fp32"}
+    size = settings["image_size"]
+    data = TensorDataset(torch.rand(6, 1, size, size), np.arange(6))
+    model = build_train_config(settings, data).model.build().eval()
+    with torch.no_grad():
+        logits = model(torch.rand(20, 1, size, size), torch.arange(20), torch.rand(20, 1, size, size))
+    assert logits.shape == (20, 20) and torch.isfinite(logits).all()

@@ -1,11 +1,16 @@
 """MAML (Finn et al. 2017): meta-learn an initialisation from which a few gradient steps on the support set fit a task.
 
 The model is the backbone (``[B, C, H, W] -> [B, D]``) followed by a linear head with ``ways`` outputs; a task with
-``N <= ways`` classes uses the head's first ``N`` rows. For every task the inner loop
-(:func:`~fewshot.methods.inner_loop.inner_loop`) takes ``inner_steps`` gradient steps of size ``inner_lr`` on the
-support cross-entropy, starting from the meta-learned weights, and the query cross-entropy of the adapted weights is
-the task's loss. Its gradient with respect to the initial weights is the meta-gradient: second-order by default
-(backpropagated through the inner steps), first-order (FOMAML) with ``first_order=True``.
+``N <= ways`` classes uses the head's first ``N`` rows. With ``shared_head=True`` the head has one row that every
+class starts from (Ye & Chao 2022, "UNICORN-MAML"): the inner loop tells the classes apart, the start does not
+depend on the order of the labels, and a model trained on 5-way tasks adapts to tasks of any number of classes. (Its
+first inner step moves only the head: with equal rows the gradient with respect to the features cancels.)
+
+For every task the inner loop (:func:`~fewshot.methods.inner_loop.inner_loop`) takes ``inner_steps`` gradient steps
+of size ``inner_lr`` on the support cross-entropy, starting from the meta-learned weights, and the query
+cross-entropy of the adapted weights is the task's loss. Its gradient with respect to the initial weights is the
+meta-gradient: second-order by default (backpropagated through the inner steps), first-order (FOMAML) with
+``first_order=True``.
 
 :class:`MAML` is also the shared base of Meta-SGD, ANIL and Proto-MAML, which change only which weights adapt
 (:attr:`adapt_body`), how the head starts (:meth:`MAML.initial_head`) and the inner step sizes
@@ -109,6 +114,8 @@ class MAML(FewShotMethod):
         checkpoint_steps: gradient checkpointing across inner steps: memory that does not grow with the activations
             of every step, for one more forward-backward per step (and the Python loop over the meta-batch).
         ways: rows of the linear head, the most classes a task may have; a task with fewer uses the first rows.
+        shared_head: one head row, repeated for each of a task's classes before the inner loop; then ``ways`` does
+            not limit the tasks.
         image_size: side of the (square) images, to measure ``D`` with a dummy forward when the head is built.
         feature_dim: ``D`` itself, instead of measuring it.
         query_statistics: ``"support"`` (normalise queries with the support set's batch statistics) or ``"query"``
@@ -136,6 +143,7 @@ class MAML(FewShotMethod):
         feature_dim: int | None = None,
         query_statistics: str = "support",
         vectorize: bool | None = None,
+        shared_head: bool = False,
     ) -> None:
         super().__init__(backbone)
         for name, value in (("inner_steps", inner_steps), ("test_inner_steps", test_inner_steps)):
@@ -154,12 +162,13 @@ class MAML(FewShotMethod):
         self.first_order, self.checkpoint_steps = bool(first_order), bool(checkpoint_steps)
         self.query_statistics = query_statistics
         self.vectorize = None if vectorize is None else bool(vectorize)
+        self.shared_head = bool(shared_head)
         use_task_batch_norm(backbone)
         if self.prototype_head:
             self.head: nn.Module = PrototypeHead()
         else:
             dim = feature_dim if feature_dim is not None else measure_feature_dim(backbone, image_size)
-            self.head = nn.Linear(dim, ways)
+            self.head = nn.Linear(dim, 1 if self.shared_head else ways)
 
     @property
     def bf16_training_safe(self) -> bool:
@@ -173,6 +182,8 @@ class MAML(FewShotMethod):
         self, support_features: torch.Tensor | None, support_labels: torch.Tensor, ways: int
     ) -> dict[str, torch.Tensor]:
         """Head weights the inner loop starts from: ``{"weight": [N, D], "bias": [N]}`` (the first ``N`` rows)."""
+        if self.shared_head:
+            return {"weight": self.head.weight.expand(ways, -1), "bias": self.head.bias.expand(ways)}
         if ways > self.head.out_features:
             raise ValueError(
                 f"this task has {ways} classes but the head has only {self.head.out_features} outputs; build the "
