@@ -9,14 +9,19 @@ from fewshot.data import TensorDataset
 from fewshot.recipes import RECIPES, get_recipe
 
 
-@pytest.mark.parametrize("name", sorted(RECIPES))
-def test_every_recipe_builds_its_model_and_gives_logits(name):
+def recipe_logits(name: str, ways: int, queries: int) -> torch.Tensor:
+    """Logits ``[queries, ways]`` of recipe ``name``'s freshly built model on a random one-shot task."""
     settings = {**TRAIN_DEFAULTS, **get_recipe(name), "device": "cpu", "precision": "fp32"}
     size = settings["image_size"]
     data = TensorDataset(torch.rand(6, 1, size, size), np.arange(6))
     model = build_train_config(settings, data).model.build().eval()
     with torch.no_grad():
-        logits = model(torch.rand(3, 1, size, size), torch.arange(3), torch.rand(4, 1, size, size))
+        return model(torch.rand(ways, 1, size, size), torch.arange(ways), torch.rand(queries, 1, size, size))
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_every_recipe_builds_its_model_and_gives_logits(name):
+    logits = recipe_logits(name, ways=3, queries=4)
     assert logits.shape == (4, 3) and torch.isfinite(logits).all()
 
 
@@ -31,10 +36,5 @@ LAKE_SCORED = ("protonet", "siamese", "relationnet", "matchingnet", "maml", "met
 
 @pytest.mark.parametrize("method", LAKE_SCORED)
 def test_recipes_scored_on_lake_runs_classify_twenty_way_tasks(method):
-    settings = {**TRAIN_DEFAULTS, **get_recipe(f"omniglot-{method}"), "device": "cpu", "precision": "fp32"}
-    size = settings["image_size"]
-    data = TensorDataset(torch.rand(6, 1, size, size), np.arange(6))
-    model = build_train_config(settings, data).model.build().eval()
-    with torch.no_grad():
-        logits = model(torch.rand(20, 1, size, size), torch.arange(20), torch.rand(20, 1, size, size))
+    logits = recipe_logits(f"omniglot-{method}", ways=20, queries=20)
     assert logits.shape == (20, 20) and torch.isfinite(logits).all()
