@@ -6,10 +6,12 @@
 #
 #   OUT=runs/sweep bash benchmarks/recipe_sweep.sh            # all variants, about 80 minutes
 #   OUT=runs/sweep bash benchmarks/recipe_sweep.sh D_elastic  # some of them
+#   VAL=Sanskrit OUT=runs/sweep_sanskrit bash benchmarks/recipe_sweep.sh A_base D_elastic  # another validation alphabet
 set -euo pipefail
 ROOT=${ROOT:-../shared/data/omniglot}
 OUT=${OUT:-runs/sweep}
 BUDGET=${BUDGET:-600}
+VAL=${VAL:-Early_Aramaic}
 AFFINE=rotation=10,shear=5,scale=0.9:1.1,shift=0.08
 declare -A VARIANTS=(
   [A_base]="protonet --augment $AFFINE"
@@ -42,7 +44,7 @@ train() {  # NAME METHOD FLAGS...
   local name=$1 method=$2; shift 2
   [ -f "$OUT/$name/best.pt" ] && return 0
   OMP_NUM_THREADS=1 fewshot train --recipe "omniglot-$method" --root "$ROOT" --split minimal \
-      --holdout-alphabets Korean,Balinese --val-alphabets Early_Aramaic --time-budget "$BUDGET" --seed 0 \
+      --holdout-alphabets Korean,Balinese --val-alphabets "$VAL" --time-budget "$BUDGET" --seed 0 \
       --test-views 1 --out "$OUT/$name" --quiet "$@" > "$OUT/$name.log" 2>&1
 }
 for ((i = 0; i < ${#names[@]}; i += 2)); do

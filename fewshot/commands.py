@@ -223,9 +223,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 print(f"{run['run']}: error {100 * run['error_rate']:.1f}%")
             print(f"mean error over {len(result['runs'])} runs: {100 * result['error_rate']:.2f}%")
         return 0
-    dataset = load_dataset(args.dataset, args.root, args.split, spec.image_shape[-1], seed=args.seed)
-    if args.alphabets:
-        dataset = split_by_groups(dataset, _alphabets(args.alphabets))[1]
+    dataset = _evaluation_dataset(args, spec)
     if args.instances:
         return _evaluate_instances(args, model, dataset, device, precision)
     if args.episodes < 600 and not args.tasks:
@@ -240,8 +238,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.save_tasks:
         save_tasks(args.save_tasks, dataset, specs)
     started = time.perf_counter()
+    if args.confusions < 0:
+        raise DataError(f"--confusions must be 0 or more (got {args.confusions})")
     result = evaluate(model, dataset, 0, 0, specs=specs, device=device, precision=precision,
-                      progress=not args.json)
+                      progress=not args.json, confusions=args.confusions, temperature=spec.temperature)
     seconds = time.perf_counter() - started
     if args.csv:
         result.write_csv(args.csv)
@@ -252,6 +252,52 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
               f"{100 * result.accuracy:.2f}% ± {100 * result.ci95:.2f}% (95% CI); macro precision "
               f"{100 * result.precision_macro:.1f}%, recall {100 * result.recall_macro:.1f}%, "
               f"F1 {100 * result.f1_macro:.1f}%")
+        print(f"calibration (temperature {spec.temperature:.3g}): expected calibration error "
+              f"{100 * result.ece:.2f}%, negative log-likelihood {result.nll:.4f} per query")
+        if result.confused_pairs:
+            print("most frequent errors (true -> predicted: share of all errors):")
+            for pair in result.confused_pairs:
+                print(f"  {pair['true']} -> {pair['predicted']}: {100 * pair['share']:.1f}% ({pair['count']} queries)")
+    return 0
+
+
+def _evaluation_dataset(args: argparse.Namespace, spec) -> FewShotDataset:
+    """The classes ``evaluate`` and ``calibrate`` draw episodes from, at the model's image size."""
+    dataset = load_dataset(args.dataset, args.root, args.split, spec.image_shape[-1], seed=args.seed)
+    if args.alphabets:
+        dataset = split_by_groups(dataset, _alphabets(args.alphabets))[1]
+    return dataset
+
+
+# -- calibrate -------------------------------------------------------------------------------------
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """Fit the temperature of a checkpoint's probabilities on labelled episodes and save it in the checkpoint."""
+    from fewshot.data import TaskSampler
+    from fewshot.evaluation.evaluate import fit_model_temperature
+    from fewshot.training.checkpoint import checkpoint_file, load_model, read_checkpoint
+    from fewshot.utils import atomic_torch_save, default_precision, resolve_device
+
+    device = resolve_device(args.device)
+    model, spec = load_model(args.checkpoint, device)
+    precision = args.precision if args.precision != "auto" else default_precision(device)
+    dataset = _evaluation_dataset(args, spec)
+    if args.episodes < 100:
+        raise DataError(f"--episodes {args.episodes} is too few to fit a temperature; use 100 or more (default 600)")
+    specs = TaskSampler(dataset, args.ways, args.shots, args.queries, args.episodes, args.seed,
+                        within_group=args.within_alphabet).specs()
+    fit = fit_model_temperature(model, dataset, specs, device, precision, current=spec.temperature, progress=True)
+    if "failed" in fit:
+        raise DataError(f"cannot calibrate {args.checkpoint}: {fit['failed']}")
+    temperature = fit["temperature"]
+    before, after = (f"ECE {100 * fit[k]['ece']:.2f}%, NLL {fit[k]['nll']:.4f}" for k in ("before", "after"))
+    print(f"temperature {spec.temperature:.4g} -> {temperature:.4g} on {len(specs)} {args.ways}-way "
+          f"{args.shots}-shot episodes: {before} -> {after}")
+    file = checkpoint_file(args.checkpoint)
+    checkpoint = read_checkpoint(file)
+    checkpoint["spec"]["temperature"] = temperature
+    atomic_torch_save(checkpoint, file)
+    print(f"saved in {file}; predict and evaluate now use it (calibrate on classes the model did not train on)",
+          file=sys.stderr)
     return 0
 
 
@@ -330,7 +376,8 @@ def cmd_memory(args: argparse.Namespace) -> int:
               f"{len(memory.class_names)} classes in {len(memory)} slots", file=sys.stderr)
         return 0
     files, images = load_queries(spec, args.query, args.skip_corrupt)
-    _print_predictions(rank(model.predict_memory(memory, images), memory.class_names, files), args.json)
+    logits = model.predict_memory(memory, images) / spec.temperature
+    _print_predictions(rank(logits, memory.class_names, files), args.json)
     return 0
 
 
@@ -393,35 +440,50 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_train)
 
 
-def _add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("evaluate", help="accuracy ± 95%% CI over seeded episodes, or Lake's runs")
-    p.add_argument("--checkpoint", required=True, help="run folder or .pt file")
+def _add_episode_arguments(p: argparse.ArgumentParser, purpose: str, episodes: int) -> None:
+    """The checkpoint and the seeded episodes it is run on: what ``evaluate`` and ``calibrate`` share."""
     p.add_argument("--dataset", choices=("omniglot", "glyphs", "folder"), default="omniglot")
     p.add_argument("--root")
     p.add_argument("--split")
-    p.add_argument("--alphabets", help="evaluate on these alphabets only, comma-separated")
+    p.add_argument("--alphabets", help=f"{purpose} on these alphabets only, comma-separated")
     p.add_argument("--ways", type=int, default=5)
     p.add_argument("--shots", type=int, default=1)
     p.add_argument("--queries", type=int, default=15)
     p.add_argument("--within-alphabet", action="store_true")
-    p.add_argument("--episodes", type=int, default=1000)
+    p.add_argument("--episodes", type=int, default=episodes)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="fp32")
+
+
+def _add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="accuracy ± 95%% CI over seeded episodes, or Lake's runs")
+    p.add_argument("--checkpoint", required=True, help="run folder or .pt file")
+    _add_episode_arguments(p, "evaluate", episodes=1000)
     p.add_argument("--tasks", help="replay the task list in this JSON file")
     p.add_argument("--save-tasks", help="write the evaluated task list to this JSON file")
     p.add_argument("--csv", help="write per-episode scores to this CSV file")
+    p.add_argument("--confusions", type=int, default=5, help="list the N most frequent (true, predicted) class "
+                   "pairs among the errors (default 5; 0: none)")
     p.add_argument("--lake-runs", help="all_runs.zip or its folder: Lake et al.'s 20 one-shot runs")
     p.add_argument("--instances", type=int, help="sequence methods (mann): accuracy of the 1st..Nth presentation "
                    "of each class in sequences of --ways classes with this many images each")
     p.add_argument("--test-views", type=int, help="test-time views per image (metric methods); default: as trained")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="fp32")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate)
+
+
+def _add_calibrate_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("calibrate", help="fit the temperature of a checkpoint's probabilities on labelled episodes")
+    p.add_argument("--checkpoint", required=True, help="run folder or .pt file; the temperature is saved in it")
+    _add_episode_arguments(p, "calibrate (classes the model did not train on)", episodes=600)
+    p.set_defaults(func=cmd_calibrate)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     _add_train_parser(sub)
     _add_evaluate_parser(sub)
+    _add_calibrate_parser(sub)
 
     p = sub.add_parser("predict", help="classify query images from a folder of labelled support images")
     p.add_argument("--checkpoint", required=True, help="run folder or .pt file")

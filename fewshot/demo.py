@@ -23,24 +23,30 @@ def run_demo(out: Path, minutes: float = 2.0, seed: int = 0, episodes: int = 100
 
     settings = {**TRAIN_DEFAULTS, **get_recipe("glyphs-protonet"), "time_budget": minutes * 60, "seed": seed}
     result = start_training(settings, out)
-    model, _ = load_model(out)
+    model, spec = load_model(out)
     unseen = load_dataset("glyphs", split="evaluation", glyph_classes=200, seed=seed)
     rows = []
     for ways, shots in EVAL_SETTINGS:
-        r = evaluate(model, unseen, ways, shots, queries=15, episodes=episodes, seed=seed)
+        r = evaluate(model, unseen, ways, shots, queries=15, episodes=episodes, seed=seed,
+                     temperature=spec.temperature)
         rows.append({**r.summary(), "training_minutes": round(result.elapsed_s / 60, 2)})
     atomic_write_text(out / "results.json", json.dumps(rows, indent=2))
 
     task = build_task(unseen, TaskSampler(unseen, 5, 1, 3, 1, seed=seed).spec(0))
     with torch.no_grad():
-        probabilities = model(task.support_images, task.support_labels, task.query_images).softmax(1)
+        logits = model(task.support_images, task.support_labels, task.query_images)
+        probabilities = (logits / spec.temperature).softmax(1)
     plot_episode(task, probabilities.argmax(1), out / "episode.png", probabilities=probabilities.max(1).values,
                  title="5-way 1-shot on unseen glyph classes")
 
     print(f"\nProtoNet (Conv-4) trained {result.elapsed_s / 60:.1f} min on synthetic glyphs; "
           f"{episodes} test episodes on unseen glyph classes:")
-    print(f"{'task':<16}{'accuracy':>10}{'95% CI':>10}")
+    print(f"{'task':<16}{'accuracy':>10}{'95% CI':>10}{'ECE':>8}")
     for row in rows:
-        print(f"{row['ways']}-way {row['shots']}-shot{'':<5}{100 * row['accuracy']:>9.2f}%{100 * row['ci95']:>8.2f}%")
-    print(f"run folder: {out} (config.json, metrics.csv, best.pt, last.pt, curves.png, episode.png, results.json)")
+        print(f"{row['ways']}-way {row['shots']}-shot{'':<5}{100 * row['accuracy']:>9.2f}%{100 * row['ci95']:>8.2f}%"
+              f"{100 * row['ece']:>7.2f}%")
+    print(f"ECE: expected calibration error of the probabilities, at the temperature fitted on validation classes "
+          f"({spec.temperature:.3g})")
+    print(f"run folder: {out} (config.json, metrics.csv, best.pt, last.pt, curves.png, calibration.json, episode.png, "
+          "results.json)")
     return rows

@@ -36,7 +36,7 @@ def predict(
     """Classify each query image among the classes of ``support_dir`` (``support_dir/<class>/<images>``).
 
     Images are preprocessed as the model's training data was (size, channels, ink polarity). Probabilities
-    are the softmax of the method's logits.
+    are the softmax of the method's logits divided by the checkpoint's calibrated temperature (``fewshot calibrate``).
     """
     support = load_support(spec, support_dir, skip_corrupt)
     if support.num_classes < 2:
@@ -47,7 +47,7 @@ def predict(
     results = []
     for start in range(0, len(images), batch_size):
         logits = model(support.images, support_labels, images[start : start + batch_size])
-        results += rank(logits, support.class_names, files[start : start + batch_size])
+        results += rank(logits / spec.temperature, support.class_names, files[start : start + batch_size])
     return results
 
 

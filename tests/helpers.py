@@ -65,6 +65,7 @@ def assert_cached_evaluation_matches_per_task(model, data, episodes: int = 8) ->
     cached = evaluate(model, data, 5, 1, queries=5, episodes=episodes, seed=3)
     generic = evaluate(Uncached(model), data, 5, 1, queries=5, episodes=episodes, seed=3)
     assert [r["accuracy"] for r in cached.per_episode] == [r["accuracy"] for r in generic.per_episode]
+    assert cached.confused_pairs == generic.confused_pairs
 
 
 def train_on_glyphs_and_score_unseen(tmp_path: Path, eval_episodes: int = 100, **settings):

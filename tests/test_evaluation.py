@@ -48,6 +48,27 @@ def test_evaluation_is_seeded_and_reports_fractions():
             "f1_macro"} <= set(a.summary())
 
 
+def test_confused_pairs_name_the_look_alike_classes():
+    from tests.helpers import assert_cached_evaluation_matches_per_task, blob_dataset
+
+    data = blob_dataset(num_classes=6, per_class=8)
+    rng = np.random.default_rng(1)
+    look_alike = (data.images[32:40] > 0.5).float() * 0.8  # class 4's square without its noise
+    data.images[40:48] = look_alike + torch.from_numpy(rng.random((8, 1, 16, 16)).astype(np.float32) * 0.2)
+    model = ProtoNet(torch.nn.Flatten())
+    result = evaluate(model, data, 5, 1, queries=3, episodes=300, seed=0, confusions=50)
+    wrong_queries = round((1 - result.accuracy) * 300 * 15)
+    assert wrong_queries > 20
+    assert sum(p["count"] for p in result.confused_pairs) == wrong_queries  # every error tallied once
+    top_two = {(p["true"], p["predicted"]) for p in result.confused_pairs[:2]}
+    assert top_two == {("class4", "class5"), ("class5", "class4")}
+    assert result.confused_pairs[0]["share"] + result.confused_pairs[1]["share"] > 0.9
+    assert [p["count"] for p in result.confused_pairs] == sorted((p["count"] for p in result.confused_pairs),
+                                                                 reverse=True)
+    assert len(evaluate(model, data, 5, 1, queries=3, episodes=300, seed=0, confusions=1).confused_pairs) == 1
+    assert_cached_evaluation_matches_per_task(model, data)
+
+
 def test_lake_runs_error_rate_per_run(tmp_path):
     rng = np.random.default_rng(0)
     runs = []
@@ -88,6 +109,29 @@ def test_cli_evaluate_json_keys(trained_run):
     assert {"accuracy", "ci95", "episodes", "ways", "shots", "precision_macro", "recall_macro",
             "f1_macro"} <= set(out)
     assert out["episodes"] == 600 and out["ways"] == 5 and 0 <= out["accuracy"] <= 1
+    assert len(out["confused_pairs"]) == 5 and {"true", "predicted", "count", "share"} == set(out["confused_pairs"][0])
+
+
+def test_cli_calibrate_saves_a_temperature_that_lowers_nll(trained_run, tmp_path):
+    import shutil
+
+    from fewshot.training.checkpoint import load_model
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)  # the fixture's run is shared; calibrate rewrites its checkpoint
+    episodes = ("--dataset", "glyphs", "--split", "evaluation", "--ways", "5", "--queries", "3", "--episodes", "200",
+                "--seed", "3")
+    start = load_model(run)[1].temperature  # fitted on the run's validation tasks at the end of training
+    before = json.loads(run_cli("evaluate", "--checkpoint", str(run), *episodes, "--json").stdout)
+    result = run_cli("calibrate", "--checkpoint", str(run), *episodes)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"temperature {start:.4g} -> ")
+    temperature = load_model(run)[1].temperature
+    assert temperature != start and f"-> {temperature:.4g} on 200 5-way 1-shot episodes" in result.stdout
+    after = json.loads(run_cli("evaluate", "--checkpoint", str(run), *episodes, "--json").stdout)
+    assert after["accuracy"] == before["accuracy"] and after["nll"] < before["nll"]
+    too_few = run_cli("calibrate", "--checkpoint", str(run), *episodes[:-4], "--episodes", "10")
+    assert too_few.returncode == 2 and "too few" in too_few.stderr
 
 
 def test_cli_evaluate_lake_runs(trained_run, tmp_path):

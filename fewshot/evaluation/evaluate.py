@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import csv
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -12,6 +12,12 @@ import torch
 from tqdm import tqdm
 
 from fewshot.data import FewShotDataset, Task, TaskSampler, TaskSpec, build_task
+from fewshot.evaluation.calibration import (
+    TEMPERATURE_BOUNDS,
+    expected_calibration_error,
+    fit_temperature,
+    query_statistics,
+)
 from fewshot.evaluation.metrics import batched_episode_scores, mean_and_ci95
 from fewshot.methods import FewShotMethod, MetricMethod
 from fewshot.utils import autocast
@@ -19,7 +25,13 @@ from fewshot.utils import autocast
 
 @dataclass
 class EvalResult:
-    """Mean episode scores (fractions) with the 95% CI of the accuracy; ``per_episode`` one dict per task."""
+    """Mean episode scores (fractions) with the 95% CI of the accuracy; ``per_episode`` one dict per task.
+
+    ``ece``: expected calibration error of the top-class probabilities (15 bins); ``nll``: mean negative
+    log-likelihood of the true class per query. ``confused_pairs``: the most frequent errors over all episodes,
+    most frequent first, each ``{"true": class name, "predicted": class name, "count": queries, "share": fraction
+    of all errors}``.
+    """
 
     accuracy: float
     ci95: float
@@ -30,6 +42,9 @@ class EvalResult:
     precision_macro: float
     recall_macro: float
     f1_macro: float
+    ece: float = float("nan")
+    nll: float = float("nan")
+    confused_pairs: list[dict] = field(default_factory=list)
     per_episode: list[dict] = field(default_factory=list, repr=False)
 
     def summary(self) -> dict:
@@ -58,28 +73,113 @@ def embed_dataset(
 
 
 @torch.no_grad()
-def _score_cached(
+def _logits_cached(
     model: MetricMethod, features: torch.Tensor, specs: Sequence[TaskSpec], device: torch.device
-) -> dict[str, torch.Tensor]:
-    """Scores of episodes of equal shape classified from cached features ``[n, D]`` in one call."""
+) -> torch.Tensor:
+    """Logits ``[E, M, N]`` of episodes of equal shape, classified from cached features ``[n, D]``."""
     ways, shots = specs[0].support.shape
-    queries = specs[0].query.shape[1]
     support = torch.as_tensor(np.stack([s.support.reshape(-1) for s in specs]), device=device)
     query = torch.as_tensor(np.stack([s.query.reshape(-1) for s in specs]), device=device)
     labels = torch.arange(ways, device=device)
     support_labels = labels.repeat_interleave(shots).expand(len(specs), -1)
-    query_labels = labels.repeat_interleave(queries).expand(len(specs), -1)
     if len(specs) == 1:  # methods without batched classify see plain [N*K, D] / [M, D] tensors
         logits = model.classify(features[support[0]], support_labels[0], features[query[0]])[None]
     else:
         logits = model.classify(features[support], support_labels, features[query])
-    return batched_episode_scores(logits.argmax(-1), query_labels, ways)
+    return logits.float()
 
 
-def _predictions(model: FewShotMethod, task: Task, device: torch.device, precision: str) -> torch.Tensor:
+def query_labels(specs: Sequence[TaskSpec]) -> list[np.ndarray]:
+    """Each episode's query labels ``[M]``, in the order :func:`build_task` lays queries out."""
+    return [np.arange(s.query.shape[0]).repeat(s.query.shape[1]) for s in specs]
+
+
+def confusion_pairs(
+    specs: Sequence[TaskSpec], predictions: Sequence[np.ndarray], class_names: Sequence[str], top: int = 10
+) -> list[dict]:
+    """The ``top`` most frequent (true class, predicted class) errors over episodes, with their share of all errors.
+
+    Args:
+        specs: the episodes; predictions: each episode's predicted labels ``[M]`` (episode label space).
+    """
+    true = np.concatenate([s.classes[y] for s, y in zip(specs, query_labels(specs), strict=True)])
+    predicted = np.concatenate([s.classes[p] for s, p in zip(specs, predictions, strict=True)])
+    wrong = true != predicted
+    if not wrong.any():
+        return []
+    pairs, counts = np.unique(np.stack([true[wrong], predicted[wrong]], 1), axis=0, return_counts=True)
+    order = np.argsort(-counts, kind="stable")[:top]  # ties: in class order
+    return [{"true": class_names[pairs[i, 0]], "predicted": class_names[pairs[i, 1]], "count": int(counts[i]),
+             "share": float(counts[i] / wrong.sum())} for i in order]
+
+
+def _logits(model: FewShotMethod, task: Task, device: torch.device, precision: str) -> torch.Tensor:
+    """Query logits ``[M, N]`` of one task, in fp32."""
     task = task.to(device)
     with autocast(device, precision):
-        return model(task.support_images, task.support_labels, task.query_images).argmax(1)
+        return model(task.support_images, task.support_labels, task.query_images).float()
+
+
+@torch.no_grad()
+def episode_logits(
+    model: FewShotMethod, dataset: FewShotDataset, specs: Sequence[TaskSpec], device: str | torch.device = "cpu",
+    precision: str = "fp32", chunk_size: int = 500, progress: bool = False,
+) -> Iterator[torch.Tensor]:
+    """Query logits of the episodes ``specs``, in order, as chunks ``[E, M, N]`` of consecutive episodes (on CPU).
+
+    Metric methods embed every image once and classify whole chunks from the cached features; other methods run
+    task by task (chunks of one). The model is in eval mode meanwhile.
+    """
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    bar = tqdm(total=len(specs), desc="evaluating", unit="ep", leave=False, disable=not progress)
+    try:
+        if isinstance(model, MetricMethod):
+            features = embed_dataset(model, dataset, device, precision)
+            same_shape = len({(s.support.shape, s.query.shape) for s in specs}) == 1
+            chunk = chunk_size if model.batched_classify and same_shape else 1
+            for start in range(0, len(specs), chunk):
+                batch = specs[start : start + chunk]
+                yield _logits_cached(model, features, batch, device).cpu()
+                bar.update(len(batch))
+        else:
+            for spec in specs:
+                yield _logits(model, build_task(dataset, spec), device, precision)[None].cpu()
+                bar.update(1)
+    finally:
+        bar.close()
+        model.train(was_training)
+
+
+def fit_model_temperature(
+    model: FewShotMethod, dataset: FewShotDataset, specs: Sequence[TaskSpec], device: str | torch.device = "cpu",
+    precision: str = "fp32", current: float = 1.0, progress: bool = False,
+) -> dict:
+    """Fit the temperature of ``model``'s probabilities on the labelled episodes ``specs``.
+
+    Returns ``{"temperature": T, "before": {"ece", "nll"}, "after": {"ece", "nll"}}``, before at ``current``;
+    ``T`` is ``current`` when the fit ran into a bound (:data:`TEMPERATURE_BOUNDS`), with ``"failed"`` saying why.
+    """
+    logits = list(episode_logits(model, dataset, specs, device, precision, progress=progress))
+    labels, start = [], 0
+    for chunk in logits:
+        labels.append(torch.as_tensor(np.stack(query_labels(specs[start : start + len(chunk)]))))
+        start += len(chunk)
+    temperature = fit_temperature(logits, labels)
+    failed = None
+    if not TEMPERATURE_BOUNDS[0] * 1.01 < temperature < TEMPERATURE_BOUNDS[1] / 1.01:
+        failed = (f"the temperature ran to {temperature:.3g}: these episodes cannot pin it down (every query right?); "
+                  "calibrate on more or harder episodes")
+        temperature = current
+
+    def scores(t: float) -> dict[str, float]:
+        parts = zip(*(query_statistics(x, y, t) for x, y in zip(logits, labels, strict=True)), strict=True)
+        confidence, correct, nll = (torch.cat(p) for p in parts)
+        return {"ece": expected_calibration_error(confidence, correct), "nll": float(nll.mean())}
+
+    fit = {"temperature": temperature, "before": scores(current), "after": scores(temperature)}
+    return {**fit, "failed": failed} if failed else fit
 
 
 def evaluate(
@@ -96,42 +196,38 @@ def evaluate(
     specs: Sequence[TaskSpec] | None = None,
     progress: bool = False,
     chunk_size: int = 500,
+    confusions: int = 10,
+    temperature: float = 1.0,
 ) -> EvalResult:
     """Accuracy (mean ± 95% CI) and macro P/R/F1 over seeded episodes of ``dataset``.
 
     Metric methods embed every image once and classify all episodes from the cached features; other
-    methods run on each task. ``specs`` replays a saved task list instead of sampling.
+    methods run on each task. ``specs`` replays a saved task list instead of sampling. ``confusions``: how many
+    of the most frequent (true, predicted) class pairs to report. Probabilities (for ECE and NLL) are the softmax of
+    the logits divided by ``temperature`` (a checkpoint's calibrated ``ModelSpec.temperature``).
     """
-    device = torch.device(device)
     if specs is None:
         specs = TaskSampler(dataset, ways, shots, queries, episodes, seed, within_group=within_group).specs()
-    was_training = model.training
-    model.eval()
-    scores: list[dict[str, torch.Tensor]] = []
-    bar = tqdm(total=len(specs), desc="evaluating", unit="ep", leave=False, disable=not progress)
-    if isinstance(model, MetricMethod):
-        features = embed_dataset(model, dataset, device, precision)
-        same_shape = len({(s.support.shape, s.query.shape) for s in specs}) == 1
-        chunk = chunk_size if model.batched_classify and same_shape else 1
-        for start in range(0, len(specs), chunk):
-            batch = specs[start : start + chunk]
-            scores.append(_score_cached(model, features, batch, device))
-            bar.update(len(batch))
+    labels = query_labels(specs)
+    predictions: list[np.ndarray] = []
+    calibration: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    for logits in episode_logits(model, dataset, specs, device, precision, chunk_size, progress):
+        chunk_labels = torch.as_tensor(np.stack(labels[len(predictions) : len(predictions) + len(logits)]))
+        calibration.append(query_statistics(logits, chunk_labels, temperature))
+        predictions += list(logits.argmax(-1).numpy())
+    if len({p.shape for p in predictions}) == 1:  # one call for all episodes when they share a shape
+        scores = [batched_episode_scores(torch.as_tensor(np.stack(predictions)), torch.as_tensor(np.stack(labels)),
+                                         specs[0].support.shape[0])]
     else:
-        for spec in specs:
-            with torch.no_grad():
-                predictions = _predictions(model, build_task(dataset, spec), device, precision)
-            labels = torch.arange(spec.query.shape[0], device=device).repeat_interleave(spec.query.shape[1])
-            scores.append(batched_episode_scores(predictions[None], labels[None], spec.support.shape[0]))
-            bar.update(1)
-    bar.close()
+        scores = [batched_episode_scores(torch.as_tensor(p)[None], torch.as_tensor(y)[None], s.support.shape[0])
+                  for s, p, y in zip(specs, predictions, labels, strict=True)]
+    confidence, correct, nll = (torch.cat(parts) for parts in zip(*calibration, strict=True))
     merged = {name: torch.cat([s[name] for s in scores]).tolist() for name in scores[0]}
     rows = [
         {"episode": i, **{name: merged[name][i] for name in merged},
          "classes": " ".join(dataset.class_names[c] for c in spec.classes)}
         for i, spec in enumerate(specs)
     ]
-    model.train(was_training)
     accuracy, ci95 = mean_and_ci95([r["accuracy"] for r in rows])
     return EvalResult(
         accuracy=accuracy,
@@ -143,6 +239,9 @@ def evaluate(
         precision_macro=mean_and_ci95([r["precision"] for r in rows])[0],
         recall_macro=mean_and_ci95([r["recall"] for r in rows])[0],
         f1_macro=mean_and_ci95([r["f1"] for r in rows])[0],
+        ece=expected_calibration_error(confidence, correct),
+        nll=float(nll.mean()),
+        confused_pairs=confusion_pairs(specs, predictions, dataset.class_names, top=confusions),
         per_episode=rows,
     )
 
@@ -158,7 +257,7 @@ def evaluate_tasks(
     model.eval()
     runs = []
     for name, task in named_tasks:
-        predictions = _predictions(model, task, device, precision).cpu()
+        predictions = _logits(model, task, device, precision).argmax(1).cpu()
         runs.append({"run": name, "error_rate": float((predictions != task.query_labels).float().mean())})
     model.train(was_training)
     return {"error_rate": sum(r["error_rate"] for r in runs) / len(runs), "runs": runs}

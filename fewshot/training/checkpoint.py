@@ -31,6 +31,8 @@ class ModelSpec:
         test_views / test_augment: test-time augmentation of metric methods (``MetricMethod.set_test_views``):
             embeddings averaged over ``test_views`` seeded transforms drawn from ``test_augment`` (None: the
             method's default transforms).
+        temperature: probabilities are ``softmax(logits / temperature)``; 1 unless fitted by ``fewshot calibrate``
+            (:func:`fewshot.evaluation.calibration.fit_temperature`). It never changes a prediction.
     """
 
     method: str = "protonet"
@@ -41,6 +43,7 @@ class ModelSpec:
     invert: bool = False
     test_views: int = 1
     test_augment: str | None = None  # None: the method's default
+    temperature: float = 1.0
 
     def build(self) -> FewShotMethod:
         backbone = make_backbone(self.backbone, in_channels=self.image_shape[0], **self.backbone_options)

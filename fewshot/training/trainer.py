@@ -1,8 +1,9 @@
 """Episodic meta-training with validation-only model selection, budgets, atomic checkpoints and resume.
 
-A run folder holds ``config.json``, ``metrics.csv``, ``best.pt`` (best validation accuracy), ``last.pt``
-(everything needed to resume) and ``curves.png``. Episode ``i`` (its task and its augmentation) depends only on
-``(seed, i)``, so a resumed run ends with the same weights as an uninterrupted one.
+A run folder holds ``config.json``, ``metrics.csv``, ``best.pt`` (best validation accuracy, with the temperature
+of its probabilities fitted on the validation tasks, see ``calibration.json``), ``last.pt`` (everything needed to
+resume) and ``curves.png``. Episode ``i`` (its task and its augmentation) depends only on ``(seed, i)``, so a
+resumed run ends with the same weights as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,9 +22,9 @@ from tqdm import tqdm
 
 from fewshot.data import FewShotDataset, Task, TaskSampler, build_task
 from fewshot.data.augment import AugmentConfig, augment_task
-from fewshot.evaluation.evaluate import evaluate
+from fewshot.evaluation.evaluate import evaluate, fit_model_temperature
 from fewshot.training.checkpoint import ModelSpec, load_state, read_checkpoint, save_checkpoint
-from fewshot.utils import atomic_write_text, autocast, resolve_device, seed_everything
+from fewshot.utils import atomic_torch_save, atomic_write_text, autocast, resolve_device, seed_everything
 
 METRIC_FIELDS = ["episode", "elapsed_s", "lr", "train_loss", "train_accuracy", "val_accuracy", "val_ci95"]
 
@@ -263,8 +265,25 @@ class Trainer:
             bar.close()
         if self.val_set is None:  # a final run selects nothing: its best is its last
             save_checkpoint(self.run_dir / "best.pt", self.model, self.config.model, episode=self.episode)
+        else:
+            self.calibrate_best()
         self.plot()
         return TrainResult(self.run_dir, self.episode, self.elapsed, self.best_val, self.rows)
+
+    def calibrate_best(self) -> float:
+        """Fit the temperature of ``best.pt``'s probabilities on the validation tasks and save it there."""
+        assert self.val_set is not None and self.val_specs is not None
+        path = self.run_dir / "best.pt"
+        checkpoint = read_checkpoint(path)
+        model = self.config.model.build().to(self.device)
+        load_state(model, self.config.model, checkpoint, str(path))
+        fit = fit_model_temperature(model, self.val_set, self.val_specs, self.device)
+        if "failed" in fit:
+            warnings.warn(f"best.pt keeps temperature 1: {fit['failed']}", stacklevel=2)
+        checkpoint["spec"]["temperature"] = fit["temperature"]
+        atomic_torch_save(checkpoint, path)
+        atomic_write_text(self.run_dir / "calibration.json", json.dumps(fit, indent=2))
+        return fit["temperature"]
 
     def plot(self) -> None:
         from fewshot.plots import plot_curves
