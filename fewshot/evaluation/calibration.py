@@ -7,6 +7,7 @@ A method's probabilities are the softmax of its logits divided by a temperature 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -68,7 +69,8 @@ def fit_temperature(logits: Sequence[torch.Tensor], labels: Sequence[torch.Tenso
                    for x, y in chunks) / total
 
     # The NLL is smooth and unimodal in log T: a coarse grid, then Newton-like refinement by L-BFGS.
-    grid = torch.linspace(-9.2, 9.2, 93, dtype=torch.float64)  # log T, steps of 0.2
+    low, high = (math.log(b) for b in TEMPERATURE_BOUNDS)
+    grid = torch.linspace(low, high, 93, dtype=torch.float64)  # log T, steps of 0.2
     with torch.no_grad():
         start = grid[int(torch.stack([mean_nll(t) for t in grid]).argmin())]
     log_t = start.clone().requires_grad_(True)
@@ -81,4 +83,4 @@ def fit_temperature(logits: Sequence[torch.Tensor], labels: Sequence[torch.Tenso
         return loss
 
     optimizer.step(closure)
-    return float(log_t.detach().clamp(-9.2, 9.2).exp())
+    return float(log_t.detach().clamp(low, high).exp())

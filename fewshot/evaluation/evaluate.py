@@ -168,7 +168,7 @@ def fit_model_temperature(
         start += len(chunk)
     temperature = fit_temperature(logits, labels)
     failed = None
-    if not TEMPERATURE_BOUNDS[0] * 1.01 < temperature < TEMPERATURE_BOUNDS[1] / 1.01:
+    if not TEMPERATURE_BOUNDS[0] * 1.05 < temperature < TEMPERATURE_BOUNDS[1] / 1.05:  # at a bound
         failed = (f"the temperature ran to {temperature:.3g}: these episodes cannot pin it down (every query right?); "
                   "calibrate on more or harder episodes")
         temperature = current
