@@ -441,7 +441,7 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_episode_arguments(p: argparse.ArgumentParser, purpose: str, episodes: int) -> None:
-    """The checkpoint and the seeded episodes it is run on: what ``evaluate`` and ``calibrate`` share."""
+    """The seeded episodes a checkpoint is run on, and how: what ``evaluate`` and ``calibrate`` share."""
     p.add_argument("--dataset", choices=("omniglot", "glyphs", "folder"), default="omniglot")
     p.add_argument("--root")
     p.add_argument("--split")
