@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 
 from fewshot.demo import run_demo
+from fewshot.training.checkpoint import load_model
 
 
 def test_demo_writes_the_run_folder_and_reports_both_settings(tmp_path):
@@ -13,3 +14,7 @@ def test_demo_writes_the_run_folder_and_reports_both_settings(tmp_path):
                  "results.json"):
         assert (tmp_path / "demo" / name).is_file(), name
     assert json.loads((tmp_path / "demo" / "results.json").read_text())[0]["episodes"] == 100
+    # the demo's run has validation classes: best.pt's temperature was fitted on them and lowered their NLL
+    calibration = json.loads((tmp_path / "demo" / "calibration.json").read_text())
+    assert "failed" not in calibration and calibration["after"]["nll"] < calibration["before"]["nll"]
+    assert load_model(tmp_path / "demo")[1].temperature == calibration["temperature"] != 1.0
