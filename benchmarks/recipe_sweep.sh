@@ -7,6 +7,8 @@
 #   OUT=runs/sweep bash benchmarks/recipe_sweep.sh            # all variants, about 80 minutes
 #   OUT=runs/sweep bash benchmarks/recipe_sweep.sh D_elastic  # some of them
 #   VAL=Sanskrit OUT=runs/sweep_sanskrit bash benchmarks/recipe_sweep.sh A_base D_elastic  # another validation alphabet
+# Variants start from the current recipe; all but Z and N say --no-flips to stay what they were before mirrored
+# classes joined the protonet and memorynet recipes.
 set -euo pipefail
 ROOT=${ROOT:-../shared/data/omniglot}
 OUT=${OUT:-runs/sweep}
@@ -14,31 +16,33 @@ BUDGET=${BUDGET:-600}
 VAL=${VAL:-Early_Aramaic}
 AFFINE=rotation=10,shear=5,scale=0.9:1.1,shift=0.08
 declare -A VARIANTS=(
-  [A_base]="protonet --augment $AFFINE"
-  [B_within]="protonet --augment $AFFINE --within-alphabet"
-  [C_size40]="protonet --augment $AFFINE --image-size 40"
-  [D_elastic]="protonet --augment $AFFINE,elastic=1.5:4"
-  [E_el15_within]="protonet --augment $AFFINE,elastic=1.5:4 --within-alphabet"
-  [F_el3]="protonet --augment $AFFINE,elastic=3:4"
-  [G_el_lr2]="protonet --augment $AFFINE,elastic=1.5:4 --lr 2e-3"
-  [H_el_q2]="protonet --augment $AFFINE,elastic=1.5:4 --queries 2"
-  [I_el_pools3]="protonet --augment $AFFINE,elastic=1.5:4 --backbone-options pools=3"
-  [J_el2]="protonet --augment $AFFINE,elastic=2:4"
+  [A_base]="protonet --augment $AFFINE --no-flips"
+  [B_within]="protonet --augment $AFFINE --within-alphabet --no-flips"
+  [C_size40]="protonet --augment $AFFINE --image-size 40 --no-flips"
+  [D_elastic]="protonet --augment $AFFINE,elastic=1.5:4 --no-flips"
+  [E_el15_within]="protonet --augment $AFFINE,elastic=1.5:4 --within-alphabet --no-flips"
+  [F_el3]="protonet --augment $AFFINE,elastic=3:4 --no-flips"
+  [G_el_lr2]="protonet --augment $AFFINE,elastic=1.5:4 --lr 2e-3 --no-flips"
+  [H_el_q2]="protonet --augment $AFFINE,elastic=1.5:4 --queries 2 --no-flips"
+  [I_el_pools3]="protonet --augment $AFFINE,elastic=1.5:4 --backbone-options pools=3 --no-flips"
+  [J_el2]="protonet --augment $AFFINE,elastic=2:4 --no-flips"
   [S_siamese_el]="siamese --augment $AFFINE,elastic=1.5:4"
-  [M_memorynet_el]="memorynet --augment $AFFINE,elastic=1.5:4"
+  [M_memorynet_el]="memorynet --augment $AFFINE,elastic=1.5:4 --no-flips"
   [R_relationnet_el]="relationnet --augment $AFFINE,elastic=1.5:4"
   [X_matchingnet_el]="matchingnet --augment $AFFINE,elastic=1.5:4"
-  [K_el_wide96]="protonet --augment $AFFINE,elastic=1.5:4 --backbone-options hidden=96"
-  [L_el_cosine]="protonet --augment $AFFINE,elastic=1.5:4 --method-options distance=cosine"
+  [K_el_wide96]="protonet --augment $AFFINE,elastic=1.5:4 --backbone-options hidden=96 --no-flips"
+  [L_el_cosine]="protonet --augment $AFFINE,elastic=1.5:4 --method-options distance=cosine --no-flips"
   [P_maml_fp32]="maml --precision fp32"
   [Q_maml_bf16]="maml --precision bf16"
   [U_maml_shared]="maml --method-options inner_steps=1,inner_lr=0.1,test_inner_steps=3,shared_head=True"
+  [Z_el_flips]="protonet --augment $AFFINE,elastic=1.5:4 --flips"
+  [N_memorynet_el_flips]="memorynet --augment $AFFINE,elastic=1.5:4 --flips"
   [V_metasgd_shared]="metasgd --method-options inner_steps=1,inner_lr=0.1,test_inner_steps=3,shared_head=True"
 )
 names=("$@")
 [ ${#names[@]} -gt 0 ] || names=(A_base B_within C_size40 D_elastic E_el15_within F_el3 G_el_lr2 H_el_q2 I_el_pools3 J_el2
                                   S_siamese_el M_memorynet_el R_relationnet_el X_matchingnet_el K_el_wide96 L_el_cosine
-                                  P_maml_fp32 Q_maml_bf16 U_maml_shared V_metasgd_shared)
+                                  P_maml_fp32 Q_maml_bf16 U_maml_shared V_metasgd_shared Z_el_flips N_memorynet_el_flips)
 mkdir -p "$OUT"
 train() {  # NAME METHOD FLAGS...
   local name=$1 method=$2; shift 2

@@ -21,6 +21,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "method": "protonet", "backbone": "conv4", "distance": "euclidean", "method_options": None,
     "backbone_options": None,
     "dataset": "omniglot", "root": None, "split": None, "image_size": 28, "rotations": False,
+    "flips": False,
     "val_alphabets": None, "val_fraction": 0.2, "holdout_alphabets": None, "final": False,
     "ways": 60, "shots": 1, "queries": 5,
     "within_alphabet": False, "meta_batch": 1, "episodes": 5000, "time_budget": None,
@@ -30,7 +31,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "seed": 0, "device": "auto", "precision": "auto", "channels_last": True,
 }
 FIXED_HEAD_METHODS = ("maml", "metasgd", "anil", "mann")
-DATA_KEYS = ("dataset", "root", "split", "image_size", "rotations", "val_alphabets", "val_fraction",
+DATA_KEYS = ("dataset", "root", "split", "image_size", "rotations", "flips", "val_alphabets", "val_fraction",
              "holdout_alphabets", "final", "seed")
 
 
@@ -65,12 +66,12 @@ def prepare_training_data(s: dict[str, Any]) -> tuple[FewShotDataset, FewShotDat
     Held-out alphabets (``holdout_alphabets``) are removed from both; validation takes whole alphabets
     (``val_alphabets``, or a seeded ``val_fraction`` of the classes) and never rotated copies.
     """
-    def open_set(rotations: bool) -> FewShotDataset:
-        return load_dataset(s["dataset"], s["root"], s["split"], s["image_size"], rotations=rotations,
-                            seed=s["seed"])
+    def open_set(extra_classes: bool) -> FewShotDataset:
+        return load_dataset(s["dataset"], s["root"], s["split"], s["image_size"], seed=s["seed"],
+                            rotations=extra_classes and s["rotations"], flips=extra_classes and s["flips"])
 
     plain = open_set(False)
-    rotated = open_set(True) if s["rotations"] and s["dataset"] == "omniglot" else plain
+    rotated = open_set(True) if (s["rotations"] or s["flips"]) and s["dataset"] == "omniglot" else plain
     holdout = _alphabets(s["holdout_alphabets"]) or []
     if holdout:
         plain, rotated = split_by_groups(plain, holdout)[0], split_by_groups(rotated, holdout)[0]
@@ -189,7 +190,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             setattr(config, key, getattr(args, key))
     if args.backbone is not None:
         config.model.backbone = args.backbone  # resume() refuses a checkpoint of another backbone
-    train, val = prepare_training_data(dict(config.data))
+    train, val = prepare_training_data({**TRAIN_DEFAULTS, **config.data})  # runs from before a data key was added
     trainer = Trainer(config, train, val, run)
     trainer.resume()
     _fit(trainer, args.quiet)
@@ -404,6 +405,8 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split")
     p.add_argument("--image-size", type=int)
     p.add_argument("--rotations", action="store_const", const=True, help="add rotated Omniglot classes")
+    p.add_argument("--flips", action=argparse.BooleanOptionalAction, default=None,
+                   help="add mirrored Omniglot classes (of the rotated ones too), for training")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--val-alphabets", help="alphabets for validation, comma-separated")
     g.add_argument("--val-fraction", type=float, help="fraction of classes (whole alphabets) for validation")

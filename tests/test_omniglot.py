@@ -43,6 +43,20 @@ def test_rotations_quadruple_classes_and_keep_alphabets(omniglot_root):
     assert (ds.images[first] - base.images[0].rot90(1, dims=(1, 2))).abs().max() == 0
 
 
+def test_flips_double_classes_mirror_images_and_keep_alphabets(omniglot_root):
+    base = Omniglot(omniglot_root, "minimal1")
+    ds = Omniglot(omniglot_root, "minimal1", rotations=True, flips=True)
+    assert ds.num_classes == 8 * base.num_classes and len(ds) == 8 * len(base)
+    name = base.class_names[3]
+    c = ds.class_names.index(f"{name}/rot90/flip")
+    assert ds.class_groups[c] == base.class_groups[3]
+    first = ds.items_per_class()[c][0]
+    expected = base.images[ds.items_per_class()[3][0]].rot90(1, dims=(1, 2)).flip(-1)
+    assert (ds.images[first] - expected).abs().max() == 0
+    unflipped = ds.items_per_class()[ds.class_names.index(f"{name}/rot90")][0]
+    assert (ds.images[first] - ds.images[unflipped]).abs().max() > 0
+
+
 def test_image_size_is_configurable(omniglot_root):
     assert Omniglot(omniglot_root, "minimal1", image_size=20).images.shape[-2:] == (20, 20)
 

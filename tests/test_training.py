@@ -120,6 +120,10 @@ def test_leave_alphabets_out_data_is_class_disjoint(omniglot_root):
     assert {"Greek", "Korean", "Latin"}.isdisjoint(train.class_groups)
     assert set(val.class_groups) == {"Greek"} and not any("/rot" in n for n in val.class_names)
     assert any(n.endswith("/rot90") for n in train.class_names)
+    settings["flips"] = True
+    flipped, val = prepare_training_data(settings)
+    assert flipped.num_classes == 2 * train.num_classes and not any("/flip" in n for n in val.class_names)
+    assert any(n.endswith("/rot270/flip") for n in flipped.class_names)
 
 
 def test_existing_run_folder_is_not_overwritten(tmp_path):
@@ -145,6 +149,9 @@ def test_recipe_settings_are_overridden_by_flags():
                                        "--test-views", "1", "--out", "x"])
     assert resolve_train_settings(flags)["within_alphabet"] is True
     assert resolve_train_settings(flags)["test_views"] == 1
+    assert settings["flips"] is True  # the recipe's mirrored classes, which --no-flips turns off
+    no_flips = build_parser().parse_args(["train", "--recipe", "omniglot-protonet", "--no-flips", "--out", "x"])
+    assert resolve_train_settings(no_flips)["flips"] is False
     bad = build_parser().parse_args(["train", "--recipe", "nope", "--out", "x"])
     from fewshot.data import DataError
 

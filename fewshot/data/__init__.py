@@ -22,6 +22,7 @@ def load_dataset(
     download: bool = False,
     glyph_classes: int = 400,
     seed: int = 0,
+    flips: bool = False,
 ) -> FewShotDataset:
     """Open a dataset by name: ``omniglot`` (needs ``root``), ``glyphs`` (synthetic) or ``folder`` (``root``).
 
@@ -33,7 +34,8 @@ def load_dataset(
 
         if root is None:
             raise DataError("the omniglot dataset needs --root, the folder holding the release zips")
-        return Omniglot(root, split or "minimal", image_size=image_size, rotations=rotations, download=download)
+        return Omniglot(root, split or "minimal", image_size=image_size, rotations=rotations, download=download,
+                        flips=flips)
     if name == "glyphs":
         from fewshot.data.synthetic import SyntheticGlyphs
 

@@ -99,6 +99,8 @@ class Omniglot(FewShotDataset):
         image_size: side of the square images (28 by default; the originals are 105).
         rotations: add the 90, 180 and 270 degree rotations of each character as classes of their own
             (same alphabet), the usual training augmentation; off by default.
+        flips: add the mirror image (left-right) of each character, rotated copies included, as a class of
+            its own (same alphabet); doubles the classes; off by default.
         download: fetch missing release files (checksum-verified) when online.
 
     Class names are ``"Alphabet/characterNN"`` (``"…/rot90"`` for rotated copies); item ids are the paths
@@ -112,6 +114,7 @@ class Omniglot(FewShotDataset):
         image_size: int = 28,
         rotations: bool = False,
         download: bool = False,
+        flips: bool = False,
     ) -> None:
         if split not in SPLITS:
             raise DataError(f"unknown Omniglot split '{split}'; choose one of {', '.join(SPLITS)}")
@@ -120,7 +123,8 @@ class Omniglot(FewShotDataset):
             raise DataError(
                 f"Omniglot root {root} does not exist; point --root at the folder holding the release zips"
             )
-        self.root, self.split, self.image_size, self.rotations = root, split, image_size, rotations
+        self.root, self.split, self.image_size = root, split, image_size
+        self.rotations, self.flips = rotations, flips
         ids: list[str] = []
         chunks: list[torch.Tensor] = []
         seen: set[str] = set()
@@ -142,6 +146,11 @@ class Omniglot(FewShotDataset):
             ids = [f"{item}@rot{angle}" if angle else item for angle in ROTATIONS for item in ids]
             class_names = [f"{name}/rot{angle}" if angle else name for angle in ROTATIONS for name in class_names]
             images = torch.cat([torch.rot90(images, k, dims=(2, 3)) for k in range(len(ROTATIONS))])
+        if flips:
+            item_classes = np.concatenate([item_classes, item_classes + len(class_names)])
+            ids = ids + [f"{item}@flip" for item in ids]
+            class_names = class_names + [f"{name}/flip" for name in class_names]
+            images = torch.cat([images, torch.flip(images, dims=(3,))])
         super().__init__(ids, item_classes, class_names, [name.split("/")[0] for name in class_names])
         self.images = images.contiguous()
 
