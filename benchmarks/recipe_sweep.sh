@@ -37,6 +37,8 @@ declare -A VARIANTS=(
   [U_maml_shared]="maml --method-options inner_steps=1,inner_lr=0.1,test_inner_steps=3,shared_head=True"
   [Z_el_flips]="protonet --augment $AFFINE,elastic=1.5:4 --flips"
   [N_memorynet_el_flips]="memorynet --augment $AFFINE,elastic=1.5:4 --flips"
+  [Z2_flips_shift12]="protonet --augment rotation=10,shear=5,scale=0.9:1.1,shift=0.12,elastic=1.5:4 --flips"
+  [Z3_flips_wide_affine]="protonet --augment rotation=10,shear=5,scale=0.85:1.15,shift=0.12,elastic=1.5:4 --flips"
   [V_metasgd_shared]="metasgd --method-options inner_steps=1,inner_lr=0.1,test_inner_steps=3,shared_head=True"
 )
 names=("$@")
