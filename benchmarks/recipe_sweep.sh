@@ -7,6 +7,7 @@
 #   OUT=runs/sweep bash benchmarks/recipe_sweep.sh            # all variants, about 80 minutes
 #   OUT=runs/sweep bash benchmarks/recipe_sweep.sh D_elastic  # some of them
 #   VAL=Sanskrit OUT=runs/sweep_sanskrit bash benchmarks/recipe_sweep.sh A_base D_elastic  # another validation alphabet
+#   SEED=1 VAL=Sanskrit OUT=runs/sweep_sanskrit_seed1 bash benchmarks/recipe_sweep.sh Z_el_flips  # another seed
 # Variants start from the current recipe; all but Z and N say --no-flips to stay what they were before mirrored
 # classes joined the protonet and memorynet recipes.
 set -euo pipefail
@@ -14,6 +15,7 @@ ROOT=${ROOT:-../shared/data/omniglot}
 OUT=${OUT:-runs/sweep}
 BUDGET=${BUDGET:-600}
 VAL=${VAL:-Early_Aramaic}
+SEED=${SEED:-0}
 AFFINE=rotation=10,shear=5,scale=0.9:1.1,shift=0.08
 declare -A VARIANTS=(
   [A_base]="protonet --augment $AFFINE --no-flips"
@@ -39,6 +41,10 @@ declare -A VARIANTS=(
   [N_memorynet_el_flips]="memorynet --augment $AFFINE,elastic=1.5:4 --flips"
   [Z2_flips_shift12]="protonet --augment rotation=10,shear=5,scale=0.9:1.1,shift=0.12,elastic=1.5:4 --flips"
   [Z3_flips_wide_affine]="protonet --augment rotation=10,shear=5,scale=0.85:1.15,shift=0.12,elastic=1.5:4 --flips"
+  [Z4_flips_splices242]="protonet --augment $AFFINE,elastic=1.5:4 --flips --splices 242"
+  [Z5_flips_splices968]="protonet --augment $AFFINE,elastic=1.5:4 --flips --splices 968"
+  [Z6_flips_size40]="protonet --augment $AFFINE,elastic=2.1:5.7 --flips --image-size 40"  # elastic scaled with the image
+  [Z7_flips_size32]="protonet --augment $AFFINE,elastic=1.7:4.6 --flips --image-size 32"
   [V_metasgd_shared]="metasgd --method-options inner_steps=1,inner_lr=0.1,test_inner_steps=3,shared_head=True"
 )
 names=("$@")
@@ -50,7 +56,7 @@ train() {  # NAME METHOD FLAGS...
   local name=$1 method=$2; shift 2
   [ -f "$OUT/$name/best.pt" ] && return 0
   OMP_NUM_THREADS=1 fewshot train --recipe "omniglot-$method" --root "$ROOT" --split minimal \
-      --holdout-alphabets Korean,Balinese --val-alphabets "$VAL" --time-budget "$BUDGET" --seed 0 \
+      --holdout-alphabets Korean,Balinese --val-alphabets "$VAL" --time-budget "$BUDGET" --seed "$SEED" \
       --test-views 1 --out "$OUT/$name" --quiet "$@" > "$OUT/$name.log" 2>&1
 }
 for ((i = 0; i < ${#names[@]}; i += 2)); do
