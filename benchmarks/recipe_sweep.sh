@@ -41,8 +41,7 @@ declare -A VARIANTS=(
   [N_memorynet_el_flips]="memorynet --augment $AFFINE,elastic=1.5:4 --flips"
   [Z2_flips_shift12]="protonet --augment rotation=10,shear=5,scale=0.9:1.1,shift=0.12,elastic=1.5:4 --flips"
   [Z3_flips_wide_affine]="protonet --augment rotation=10,shear=5,scale=0.85:1.15,shift=0.12,elastic=1.5:4 --flips"
-  [Z4_flips_splices242]="protonet --augment $AFFINE,elastic=1.5:4 --flips --splices 242"
-  [Z5_flips_splices968]="protonet --augment $AFFINE,elastic=1.5:4 --flips --splices 968"
+  # Z4_flips_splices242 and Z5_flips_splices968 (--splices 242 / 968, spliced characters) ran at commit de9d3d1
   [Z6_flips_size40]="protonet --augment $AFFINE,elastic=2.1:5.7 --flips --image-size 40"  # elastic scaled with the image
   [Z7_flips_size32]="protonet --augment $AFFINE,elastic=1.7:4.6 --flips --image-size 32"
   [V_metasgd_shared]="metasgd --method-options inner_steps=1,inner_lr=0.1,test_inner_steps=3,shared_head=True"

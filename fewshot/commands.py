@@ -21,7 +21,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "method": "protonet", "backbone": "conv4", "distance": "euclidean", "method_options": None,
     "backbone_options": None,
     "dataset": "omniglot", "root": None, "split": None, "image_size": 28, "rotations": False,
-    "flips": False, "splices": 0,
+    "flips": False,
     "val_alphabets": None, "val_fraction": 0.2, "holdout_alphabets": None, "final": False,
     "ways": 60, "shots": 1, "queries": 5,
     "within_alphabet": False, "meta_batch": 1, "episodes": 5000, "time_budget": None,
@@ -31,8 +31,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "seed": 0, "device": "auto", "precision": "auto", "channels_last": True,
 }
 FIXED_HEAD_METHODS = ("maml", "metasgd", "anil", "mann")
-DATA_KEYS = ("dataset", "root", "split", "image_size", "rotations", "flips", "splices",
-             "val_alphabets", "val_fraction",
+DATA_KEYS = ("dataset", "root", "split", "image_size", "rotations", "flips", "val_alphabets", "val_fraction",
              "holdout_alphabets", "final", "seed")
 
 
@@ -69,12 +68,10 @@ def prepare_training_data(s: dict[str, Any]) -> tuple[FewShotDataset, FewShotDat
     """
     def open_set(extra_classes: bool) -> FewShotDataset:
         return load_dataset(s["dataset"], s["root"], s["split"], s["image_size"], seed=s["seed"],
-                            rotations=extra_classes and s["rotations"], flips=extra_classes and s["flips"],
-                            splices=s["splices"] if extra_classes else 0)
+                            rotations=extra_classes and s["rotations"], flips=extra_classes and s["flips"])
 
     plain = open_set(False)
-    extra = s["rotations"] or s["flips"] or s["splices"]
-    rotated = open_set(True) if extra and s["dataset"] == "omniglot" else plain
+    rotated = open_set(True) if (s["rotations"] or s["flips"]) and s["dataset"] == "omniglot" else plain
     holdout = _alphabets(s["holdout_alphabets"]) or []
     if holdout:
         plain, rotated = split_by_groups(plain, holdout)[0], split_by_groups(rotated, holdout)[0]
@@ -410,8 +407,6 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rotations", action="store_const", const=True, help="add rotated Omniglot classes")
     p.add_argument("--flips", action=argparse.BooleanOptionalAction, default=None,
                    help="add mirrored Omniglot classes (of the rotated ones too), for training")
-    p.add_argument("--splices", type=int,
-                   help="add N made-up Omniglot training classes, halves of two characters of one alphabet joined")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--val-alphabets", help="alphabets for validation, comma-separated")
     g.add_argument("--val-fraction", type=float, help="fraction of classes (whole alphabets) for validation")

@@ -23,7 +23,6 @@ def load_dataset(
     glyph_classes: int = 400,
     seed: int = 0,
     flips: bool = False,
-    splices: int = 0,
 ) -> FewShotDataset:
     """Open a dataset by name: ``omniglot`` (needs ``root``), ``glyphs`` (synthetic) or ``folder`` (``root``).
 
@@ -36,7 +35,7 @@ def load_dataset(
         if root is None:
             raise DataError("the omniglot dataset needs --root, the folder holding the release zips")
         return Omniglot(root, split or "minimal", image_size=image_size, rotations=rotations, download=download,
-                        flips=flips, splices=splices, splice_seed=seed)
+                        flips=flips)
     if name == "glyphs":
         from fewshot.data.synthetic import SyntheticGlyphs
 

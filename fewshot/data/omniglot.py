@@ -88,50 +88,6 @@ def ensure_release(root: Path, part: str, download: bool) -> None:
     download_file(f"{RELEASE_URL}/{release.stem}.zip", root / f"{release.stem}.zip", release.checksum)
 
 
-def _drawer(item_id: str) -> str:
-    """The drawer's number in an item id: ``.../0401_07.png`` -> ``"07"``."""
-    return PurePosixPath(item_id).stem.rsplit("_", 1)[-1]
-
-
-def _splice(
-    ids: list[str], item_classes: np.ndarray, class_names: list[str], images: torch.Tensor, count: int,
-    rng: np.random.Generator,
-) -> tuple[list[str], np.ndarray, list[str], torch.Tensor]:
-    """``count`` spliced classes (ids, classes numbered after ``class_names``, names, images ``[m, 1, S, S]``).
-
-    Each joins half of one character to the complementary half of another of the same alphabet, for every
-    drawer who drew both, so the made-up class varies from instance to instance the way real ones do.
-    """
-    by_alphabet: dict[str, list[int]] = {}
-    for c, name in enumerate(class_names):
-        by_alphabet.setdefault(name.split("/")[0], []).append(c)
-    alphabets = [a for a, chars in sorted(by_alphabet.items()) if len(chars) >= 2]
-    if not alphabets:
-        raise DataError("splices need an alphabet with at least two characters")
-    drawers = [{_drawer(ids[i]): i for i in np.flatnonzero(item_classes == c)} for c in range(len(class_names))]
-    size = images.shape[-1]
-    keep_first = torch.zeros(4, size, size, dtype=torch.bool)  # first character's left, right, top, bottom half
-    keep_first[0, :, : size // 2] = keep_first[2, : size // 2, :] = True
-    keep_first[1], keep_first[3] = ~keep_first[0], ~keep_first[2]
-    new_ids: list[str] = []
-    new_classes: list[int] = []
-    names: list[str] = []
-    parts: list[torch.Tensor] = []
-    for k in range(count):
-        alphabet = alphabets[rng.integers(len(alphabets))]
-        first, second = rng.choice(by_alphabet[alphabet], size=2, replace=False)
-        cut = int(rng.integers(4))
-        common = sorted(set(drawers[first]) & set(drawers[second]))
-        name = f"{alphabet}/splice{k:04d}"
-        for drawer in common:
-            a, b = images[drawers[first][drawer]], images[drawers[second][drawer]]
-            parts.append(torch.where(keep_first[cut], a, b))
-            new_ids.append(f"{name}/{drawer}")
-            new_classes.append(len(class_names) + k)
-        names.append(name)
-    return new_ids, np.array(new_classes, dtype=np.int64), names, torch.stack(parts)
-
-
 class Omniglot(FewShotDataset):
     """Omniglot characters as classes, alphabets as groups, ink = 1.
 
@@ -145,10 +101,6 @@ class Omniglot(FewShotDataset):
             (same alphabet), the usual training augmentation; off by default.
         flips: add the mirror image (left-right) of each character, rotated copies included, as a class of
             its own (same alphabet); doubles the classes; off by default.
-        splices: add this many made-up characters, each one half (left, right, top or bottom) of a character
-            joined to the other half of another character of the same alphabet, instance by instance from the
-            same drawer; rotated and mirrored like the others when those options are on. Seeded by
-            ``splice_seed``. A validation probe (it lost; removed in the next commit).
         download: fetch missing release files (checksum-verified) when online.
 
     Class names are ``"Alphabet/characterNN"`` (``"…/rot90"`` for rotated copies); item ids are the paths
@@ -163,8 +115,6 @@ class Omniglot(FewShotDataset):
         rotations: bool = False,
         download: bool = False,
         flips: bool = False,
-        splices: int = 0,
-        splice_seed: int = 0,
     ) -> None:
         if split not in SPLITS:
             raise DataError(f"unknown Omniglot split '{split}'; choose one of {', '.join(SPLITS)}")
@@ -191,12 +141,6 @@ class Omniglot(FewShotDataset):
         index = {name: c for c, name in enumerate(class_names)}
         item_classes = np.array([index[c] for c in characters])
         images = torch.cat(chunks)
-        if splices:
-            extra_ids, extra_classes, extra_names, extra_images = _splice(
-                ids, item_classes, class_names, images, splices, np.random.default_rng(splice_seed))
-            ids, class_names = ids + extra_ids, class_names + extra_names
-            item_classes = np.concatenate([item_classes, extra_classes])
-            images = torch.cat([images, extra_images])
         if rotations:
             item_classes = np.concatenate([item_classes + r * len(class_names) for r in range(len(ROTATIONS))])
             ids = [f"{item}@rot{angle}" if angle else item for angle in ROTATIONS for item in ids]
