@@ -10,7 +10,9 @@ For a metric checkpoint trained on the sweep's split, embeds the validation alph
 - ``lda``: features whitened by the within-class covariance of the training classes (shrunk towards its
   diagonal), then Euclidean: how real drawers, not augmentation, vary;
 - ``head``: a linear head initialised as the prototype classifier (``w = 2c, b = -|c|^2``) and fine-tuned with
-  Adam on the support's views, a pull back to its start as the prior.
+  Adam on the support's views, a pull back to its start as the prior;
+- ``chamfer``: no averaging; the squared distances between every view of the query and every view of the support
+  image, each view matched to its nearest on the other side, both ways averaged (a view-level alignment).
 
     python benchmarks/support_probes.py runs/sweep_sanskrit/D_elastic --val Sanskrit \
         --test-augment rotation=10,shear=5,scale=0.9:1.1,shift=0.08
@@ -100,6 +102,13 @@ def main() -> None:
         whiten = evecs @ torch.diag(evals.clamp(min=1e-6).rsqrt()) @ evecs.T
         wq, wc = q @ whiten, c @ whiten
         print(f"lda (shrink {shrink}): {score(-torch.cdist(wq, wc) ** 2, labels)}")
+
+    pair = torch.stack([torch.cdist(feats[i][query], feats[:v][:, support].flatten(1, 2)
+                                    .view(v, len(specs), 20, -1).permute(1, 0, 2, 3).flatten(1, 2)) ** 2
+                        for i in range(v)])  # [V query views, E, 100, V support views * 20]
+    pair = pair.view(v, len(specs), 100, v, 20)
+    chamfer = 0.5 * (pair.amin(3).mean(0) + pair.amin(0).mean(2))
+    print(f"chamfer (16 views): {score(-chamfer, labels)}")
 
     view_support = feats[:v][:, support].permute(1, 0, 2, 3).reshape(len(specs), -1, feats.shape[-1])  # [E, V*20, D]
     view_labels = torch.arange(20).repeat(v).expand(len(specs), -1)

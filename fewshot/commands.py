@@ -255,6 +255,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
               f"F1 {100 * result.f1_macro:.1f}%")
         print(f"calibration (temperature {spec.temperature:.3g}): expected calibration error "
               f"{100 * result.ece:.2f}%, negative log-likelihood {result.nll:.4f} per query")
+        if result.per_group:
+            print("per alphabet (group), each task within one:")
+            for group in result.per_group:
+                print(f"  {group['group']}: {100 * group['accuracy']:.2f}% ± {100 * group['ci95']:.2f}% "
+                      f"({group['episodes']} episodes)")
+            print(f"  mean over {len(result.per_group)} alphabets: {100 * result.group_mean:.2f}% "
+                  f"± {100 * result.group_ci95:.2f}% (95% CI over alphabets, Student t)")
         if result.confused_pairs:
             print("most frequent errors (true -> predicted: share of all errors):")
             for pair in result.confused_pairs:

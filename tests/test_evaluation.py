@@ -69,6 +69,32 @@ def test_confused_pairs_name_the_look_alike_classes():
     assert_cached_evaluation_matches_per_task(model, data)
 
 
+def test_within_group_evaluation_scores_each_group_and_their_mean():
+    from fewshot.data import TensorDataset
+    from tests.helpers import blob_dataset
+
+    blobs = blob_dataset(num_classes=6, per_class=8)
+    images = blobs.images.clone()
+    images[24:] = torch.rand(24, 1, 16, 16) * 0.2  # classes 3-5: noise only, nothing to tell them apart
+    data = TensorDataset(images, blobs.item_classes, class_groups=["easy"] * 3 + ["hard"] * 3)
+    model = ProtoNet(torch.nn.Flatten())
+    result = evaluate(model, data, 3, 1, queries=3, episodes=200, seed=0, within_group=True)
+    easy, hard = result.per_group
+    assert (easy["group"], hard["group"]) == ("easy", "hard") and easy["episodes"] + hard["episodes"] == 200
+    assert easy["accuracy"] > 0.95 and hard["accuracy"] < 0.6
+    def group_of(row: dict) -> str:
+        return "easy" if int(row["classes"].split()[0].removeprefix("class")) < 3 else "hard"
+
+    for group in result.per_group:
+        rows = [r["accuracy"] for r in result.per_episode if group_of(r) == group["group"]]
+        assert group["episodes"] == len(rows) and group["accuracy"] == pytest.approx(np.mean(rows))
+    assert result.group_mean == pytest.approx((easy["accuracy"] + hard["accuracy"]) / 2)
+    assert result.group_ci95 > 5 * result.ci95  # two groups this different: the mean over groups is barely known
+    assert {"per_group", "group_mean", "group_ci95"} <= set(json.loads(json.dumps(result.summary())))
+    across = evaluate(model, data, 3, 1, queries=3, episodes=50, seed=0)  # tasks mix groups: nothing per group
+    assert across.per_group == [] and "group_mean" not in across.summary()
+
+
 def test_lake_runs_error_rate_per_run(tmp_path):
     rng = np.random.default_rng(0)
     runs = []

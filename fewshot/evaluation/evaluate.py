@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ from fewshot.evaluation.calibration import (
     fit_temperature,
     query_statistics,
 )
-from fewshot.evaluation.metrics import batched_episode_scores, mean_and_ci95
+from fewshot.evaluation.metrics import batched_episode_scores, mean_and_ci95, mean_and_t_ci95
 from fewshot.methods import FewShotMethod, MetricMethod
 from fewshot.utils import autocast
 
@@ -30,7 +31,10 @@ class EvalResult:
     ``ece``: expected calibration error of the top-class probabilities (15 bins); ``nll``: mean negative
     log-likelihood of the true class per query. ``confused_pairs``: the most frequent errors over all episodes,
     most frequent first, each ``{"true": class name, "predicted": class name, "count": queries, "share": fraction
-    of all errors}``.
+    of all errors}``. When every task's classes come from one group (``within_group``) and tasks come from several
+    groups: ``per_group``, each group's ``{"group", "accuracy", "ci95", "episodes"}``, and ``group_mean`` with
+    ``group_ci95``, the unweighted mean over groups and its Student-t interval over them (what to expect on a new
+    group: groups, e.g. alphabets, differ far more than the tasks of one group do).
     """
 
     accuracy: float
@@ -45,10 +49,15 @@ class EvalResult:
     ece: float = float("nan")
     nll: float = float("nan")
     confused_pairs: list[dict] = field(default_factory=list)
+    per_group: list[dict] = field(default_factory=list)
+    group_mean: float = float("nan")
+    group_ci95: float = float("nan")
     per_episode: list[dict] = field(default_factory=list, repr=False)
 
     def summary(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k != "per_episode"}
+        """Everything but ``per_episode``; the group keys only where there are groups to report."""
+        skip = {"per_episode"} | (set() if self.per_group else {"per_group", "group_mean", "group_ci95"})
+        return {k: v for k, v in asdict(self).items() if k not in skip}
 
     def write_csv(self, path: str | Path) -> None:
         rows = self.per_episode
@@ -92,6 +101,19 @@ def _logits_cached(
 def query_labels(specs: Sequence[TaskSpec]) -> list[np.ndarray]:
     """Each episode's query labels ``[M]``, in the order :func:`build_task` lays queries out."""
     return [np.arange(s.query.shape[0]).repeat(s.query.shape[1]) for s in specs]
+
+
+def group_scores(specs: Sequence[TaskSpec], accuracies: Sequence[float], dataset: FewShotDataset) -> list[dict]:
+    """Accuracy ± 95% CI per group, over the tasks whose classes all lie in that group; ``[]`` unless every task
+    lies in one group and there are several groups."""
+    groups = [{dataset.class_groups[c] for c in spec.classes} for spec in specs]
+    if any(len(g) != 1 for g in groups) or len(set.union(*groups)) < 2:
+        return []
+    by_group: dict[str, list[float]] = {}
+    for (group,), accuracy in zip(groups, accuracies, strict=True):
+        by_group.setdefault(group, []).append(accuracy)
+    return [{"group": group, "accuracy": mean, "ci95": ci, "episodes": len(values)}
+            for group, values in sorted(by_group.items()) for mean, ci in [mean_and_ci95(values)]]
 
 
 def confusion_pairs(
@@ -229,6 +251,8 @@ def evaluate(
         for i, spec in enumerate(specs)
     ]
     accuracy, ci95 = mean_and_ci95([r["accuracy"] for r in rows])
+    per_group = group_scores(specs, [r["accuracy"] for r in rows], dataset)
+    group_mean, group_ci95 = mean_and_t_ci95([g["accuracy"] for g in per_group]) if per_group else (math.nan,) * 2
     return EvalResult(
         accuracy=accuracy,
         ci95=ci95,
@@ -242,6 +266,9 @@ def evaluate(
         ece=expected_calibration_error(confidence, correct),
         nll=float(nll.mean()),
         confused_pairs=confusion_pairs(specs, predictions, dataset.class_names, top=confusions),
+        per_group=per_group,
+        group_mean=group_mean,
+        group_ci95=group_ci95,
         per_episode=rows,
     )
 

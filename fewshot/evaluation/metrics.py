@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from scipy import stats
 
 
 def episode_scores(predictions: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict[str, float]:
@@ -45,6 +46,14 @@ def batched_episode_scores(
         "recall": macro(recall),
         "f1": macro(f1),
     }
+
+
+def mean_and_t_ci95(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and half-width of its Student-t 95% confidence interval: for a few values, e.g. one per alphabet."""
+    array = np.asarray(values, dtype=np.float64)
+    if len(array) < 2:
+        return float(array.mean()) if len(array) else math.nan, math.nan
+    return float(array.mean()), float(stats.t.ppf(0.975, len(array) - 1) * array.std(ddof=1) / math.sqrt(len(array)))
 
 
 def mean_and_ci95(values: Sequence[float]) -> tuple[float, float]:
