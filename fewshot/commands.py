@@ -15,7 +15,14 @@ from typing import Any
 
 import torch
 
-from fewshot.data import DataError, FewShotDataset, load_dataset, split_by_fraction, split_by_groups
+from fewshot.data import (
+    DataError,
+    FewShotDataset,
+    load_dataset,
+    select_groups,
+    split_by_fraction,
+    split_by_groups,
+)
 
 TRAIN_DEFAULTS: dict[str, Any] = {
     "method": "protonet", "backbone": "conv4", "distance": "euclidean", "method_options": None,
@@ -173,6 +180,10 @@ def _fit(trainer, quiet: bool):
     return result
 
 
+#: Flags that ``train --resume`` applies; any other setting is refused (the run keeps its own).
+RESUME_OVERRIDES = ("episodes", "time_budget", "backbone", "device")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from fewshot.training.trainer import TrainConfig, Trainer
 
@@ -184,12 +195,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     run = Path(args.resume)
     if not (run / "config.json").is_file():
         raise DataError(f"cannot resume {run}: it holds no config.json; is it a run folder?")
+    ignored = [k for k, v in vars(args).items() if v is not None and k not in RESUME_OVERRIDES
+               and (k in TRAIN_DEFAULTS or k in ("recipe", "out"))]
+    if ignored:
+        flags = ", ".join("--" + k.replace("_", "-") for k in sorted(ignored))
+        raise DataError(
+            f"--resume continues {run} with the settings it started with (its config.json); {flags} cannot change "
+            "them. Resume without those flags (only --episodes, --time-budget and --device may be given), or start "
+            "a new run with --out"
+        )
     config = TrainConfig.from_dict(json.loads((run / "config.json").read_text()))
     for key in ("episodes", "time_budget"):  # a resumed run may be given a larger budget
         if getattr(args, key) is not None:
             setattr(config, key, getattr(args, key))
     if args.backbone is not None:
         config.model.backbone = args.backbone  # resume() refuses a checkpoint of another backbone
+    if args.device is not None:
+        config.device = args.device
     train, val = prepare_training_data({**TRAIN_DEFAULTS, **config.data})  # runs from before a data key was added
     trainer = Trainer(config, train, val, run)
     trainer.resume()
@@ -215,8 +237,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     model, spec = load_model(args.checkpoint, device, test_views=args.test_views)
     precision = args.precision if args.precision != "auto" else default_precision(device)
     if args.lake_runs:
-        result = evaluate_tasks(model, load_lake_runs(args.lake_runs, image_size=spec.image_shape[-1]), device,
-                                precision)
+        channels, height, width = spec.image_shape
+        runs = load_lake_runs(args.lake_runs, image_size=(height, width), channels=channels)
+        result = evaluate_tasks(model, runs, device, precision)
         if args.json:
             print(json.dumps(result, indent=1))
         else:
@@ -270,10 +293,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _evaluation_dataset(args: argparse.Namespace, spec) -> FewShotDataset:
-    """The classes ``evaluate`` and ``calibrate`` draw episodes from, at the model's image size."""
-    dataset = load_dataset(args.dataset, args.root, args.split, spec.image_shape[-1], seed=args.seed)
+    """The classes ``evaluate`` and ``calibrate`` draw episodes from, preprocessed as the model's training images
+    were (an image folder gets the checkpoint's size, channels and ink polarity, as ``predict`` gives it)."""
+    if args.dataset == "folder":
+        from fewshot.predict import load_image_folder
+
+        if args.root is None:
+            raise DataError("the folder dataset needs --root, a folder with one sub-folder of images per class")
+        dataset = load_image_folder(spec, args.root)
+    else:
+        dataset = load_dataset(args.dataset, args.root, args.split, spec.image_shape[-1], seed=args.seed)
     if args.alphabets:
-        dataset = split_by_groups(dataset, _alphabets(args.alphabets))[1]
+        dataset = select_groups(dataset, _alphabets(args.alphabets))
     return dataset
 
 
@@ -352,7 +383,7 @@ def _print_predictions(predictions: list, as_json: bool) -> None:
 def cmd_memory(args: argparse.Namespace) -> int:
     """Write a memory from a support folder, add a class to it, or predict from it (memorynet checkpoints)."""
     from fewshot.methods.memorynet import Memory, MemoryNet
-    from fewshot.predict import load_queries, load_support, rank
+    from fewshot.predict import load_image_folder, load_queries, rank
     from fewshot.training.checkpoint import load_model
 
     needed = {"write": ("support", "--support DIR"), "add": ("images", "--class NAME --images FILE_OR_DIR..."),
@@ -364,7 +395,7 @@ def cmd_memory(args: argparse.Namespace) -> int:
         raise DataError(f"{args.checkpoint} holds a '{spec.method}' model; 'fewshot memory' needs a memorynet "
                         "checkpoint (train one with --method memorynet)")
     if args.action == "write":
-        support = load_support(spec, args.support, args.skip_corrupt)
+        support = load_image_folder(spec, args.support, args.skip_corrupt)
         memory = model.new_memory()
         memory.spec = spec.to_dict()
         for label, name in enumerate(support.class_names):
@@ -411,7 +442,8 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--root")
     p.add_argument("--split")
     p.add_argument("--image-size", type=int)
-    p.add_argument("--rotations", action="store_const", const=True, help="add rotated Omniglot classes")
+    p.add_argument("--rotations", action=argparse.BooleanOptionalAction, default=None,
+                   help="add rotated Omniglot classes, for training (every omniglot recipe does)")
     p.add_argument("--flips", action=argparse.BooleanOptionalAction, default=None,
                    help="add mirrored Omniglot classes (of the rotated ones too), for training")
     g = p.add_mutually_exclusive_group()

@@ -13,6 +13,7 @@ from fewshot.data.image_folder import ImageFolder, list_image_files
 from fewshot.data.images import CorruptImageError, decode_image
 from fewshot.methods import FewShotMethod
 from fewshot.training.checkpoint import ModelSpec
+from fewshot.utils import eval_mode
 
 
 @dataclass
@@ -38,23 +39,23 @@ def predict(
     Images are preprocessed as the model's training data was (size, channels, ink polarity). Probabilities
     are the softmax of the method's logits divided by the checkpoint's calibrated temperature (``fewshot calibrate``).
     """
-    support = load_support(spec, support_dir, skip_corrupt)
+    support = load_image_folder(spec, support_dir, skip_corrupt)
     if support.num_classes < 2:
         raise DataError(f"{support_dir} has {support.num_classes} class folder; prediction needs at least two")
     files, images = load_queries(spec, queries, skip_corrupt)
-    model.eval()
     support_labels = torch.as_tensor(support.item_classes)
     results = []
-    for start in range(0, len(images), batch_size):
-        logits = model(support.images, support_labels, images[start : start + batch_size])
-        results += rank(logits / spec.temperature, support.class_names, files[start : start + batch_size])
+    with eval_mode(model):
+        for start in range(0, len(images), batch_size):
+            logits = model(support.images, support_labels, images[start : start + batch_size])
+            results += rank(logits / spec.temperature, support.class_names, files[start : start + batch_size])
     return results
 
 
-def load_support(spec: ModelSpec, support_dir: str | Path, skip_corrupt: bool = False) -> ImageFolder:
-    """The labelled images of ``support_dir/<class>/`` preprocessed for the model of ``spec``."""
+def load_image_folder(spec: ModelSpec, root: str | Path, skip_corrupt: bool = False) -> ImageFolder:
+    """The labelled images of ``root/<class>/`` preprocessed for the model of ``spec``."""
     channels, height, width = spec.image_shape
-    return ImageFolder(support_dir, image_size=(height, width), channels=channels, invert=spec.invert,
+    return ImageFolder(root, image_size=(height, width), channels=channels, invert=spec.invert,
                        on_corrupt="skip" if skip_corrupt else "error")
 
 

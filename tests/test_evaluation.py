@@ -175,6 +175,12 @@ def test_cli_resume_with_another_backbone_exits_2(trained_run):
     assert "backbone conv4" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_cli_resume_refuses_settings_it_would_ignore(trained_run):
+    result = run_cli("train", "--resume", str(trained_run), "--lr", "1e-4", "--grad-clip", "1")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "--grad-clip, --lr cannot change" in result.stderr
+
+
 def test_cli_evaluate_missing_checkpoint_exits_2(tmp_path):
     result = run_cli("evaluate", "--checkpoint", str(tmp_path / "nope"), "--dataset", "glyphs")
     assert result.returncode == 2 and "does not exist" in result.stderr

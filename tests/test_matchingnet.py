@@ -97,6 +97,7 @@ def test_fce_feature_size_is_measured_or_given():
     with pytest.raises(ValueError, match="feature_dim=256"):
         MatchingNet(Conv4(), fce=True)(*args)
     assert MatchingNet(Conv4(), fce=True, feature_dim=256)(*args).shape == (3, 3)
+    assert MatchingNet(Conv4(), fce=True, image_size=32)(*args).shape == (3, 3)  # measured at that size
     assert MatchingNet(Conv4(), fce=False)(*args).shape == (3, 3)  # without FCE any feature size works
 
 
@@ -129,13 +130,19 @@ def test_bf16_autocast_matches_fp32(fce):
     assert_bf16_matches_fp32(model, task)
 
 
-def test_loss_is_cross_entropy_on_the_logits():
+def test_loss_is_the_papers_negative_log_of_the_attended_label():
+    """-log sum_{i in true class} softmax_i(scale * cos(q, s_i)), computed by hand, on raw features."""
     torch.manual_seed(0)
-    model = MatchingNet(torch.nn.Identity())
+    model = MatchingNet(torch.nn.Identity(), scale=3.0)
     support, labels, query = torch.randn(6, 8), torch.tensor([0, 0, 1, 1, 2, 2]), torch.randn(4, 8)
     task = Task(support, labels, query, torch.tensor([0, 1, 2, 0]))
-    loss, logits = model.loss(task)
-    assert torch.allclose(loss, F.cross_entropy(logits, task.query_labels))
+    loss, _ = model.loss(task)
+    expected = 0.0
+    for q, y in zip(query, task.query_labels, strict=True):
+        cosines = torch.stack([F.cosine_similarity(q, s, dim=0) for s in support])
+        attention = torch.softmax(3.0 * cosines, dim=0)
+        expected -= torch.log(attention[labels == y].sum()) / len(query)
+    assert torch.allclose(loss, expected, atol=1e-6)
 
 
 def _learns(tmp_path, **settings) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fewshot.data import DataError, TaskSampler, omniglot, split_by_groups
+from fewshot.data import DataError, TaskSampler, omniglot, select_groups, split_by_groups
 from fewshot.data.omniglot import Omniglot
 
 EPISODES = [
@@ -69,6 +69,17 @@ def test_leave_alphabets_out_split_is_class_disjoint(omniglot_minimal):
     assert set(train.item_ids).isdisjoint(test.item_ids)
     with pytest.raises(DataError, match="unknown alphabet"):
         split_by_groups(omniglot_minimal, ["Klingon"])
+    with pytest.raises(DataError, match="no classes to train on"):
+        split_by_groups(omniglot_minimal, sorted(set(omniglot_minimal.class_groups)))
+
+
+def test_evaluation_may_select_every_alphabet(omniglot_minimal):
+    everything = select_groups(omniglot_minimal, sorted(set(omniglot_minimal.class_groups)))
+    assert everything.num_classes == 242
+    korean = select_groups(omniglot_minimal, ["Korean"])
+    assert korean.class_names == split_by_groups(omniglot_minimal, ["Korean"])[1].class_names
+    with pytest.raises(DataError, match=r"unknown alphabet.*Korean"):
+        select_groups(omniglot_minimal, ["Klingon"])
 
 
 def test_within_alphabet_tasks(omniglot_minimal):

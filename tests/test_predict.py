@@ -43,6 +43,22 @@ def test_predicts_the_class_of_each_query(folders):
     assert [r.file.split("/")[-1] for r in results] == ["alpha_q.png", "beta_q.png", "gamma_q.png"]
 
 
+def test_prediction_leaves_the_models_mode_as_it_was(folders):
+    model = ProtoNet(torch.nn.Flatten()).train()
+    predict(model, SPEC, folders / "support", [folders / "query"])
+    assert model.training
+
+
+def test_eval_mode_is_restored_after_an_error():
+    from fewshot.utils import eval_mode
+
+    model = torch.nn.BatchNorm1d(3).train()
+    with pytest.raises(RuntimeError), eval_mode(model):
+        assert not model.training
+        raise RuntimeError("failed inside")
+    assert model.training
+
+
 def test_empty_class_folder_is_named(folders):
     (folders / "support" / "delta").mkdir()
     with pytest.raises(DataError, match="delta"):
@@ -79,3 +95,20 @@ def test_cli_predict_table_json_and_errors(folders):
     bad = run_cli("predict", "--checkpoint", str(folders / "model.pt"), "--support", str(folders / "support"),
                   "--query", str(folders / "query"))
     assert bad.returncode == 2 and "empty" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_evaluate_and_calibrate_read_an_image_folder_as_predict_does(folders):
+    """Size, channels and ink polarity come from the checkpoint, so evaluate scores the images predict would see."""
+    import argparse
+
+    from fewshot.commands import _evaluation_dataset
+
+    spec = ModelSpec("protonet", "conv4", {}, {"hidden": 8}, (1, 12, 16), invert=True)
+    args = argparse.Namespace(dataset="folder", root=str(folders / "support"), split=None, seed=0, alphabets=None)
+    dataset = _evaluation_dataset(args, spec)
+    images = torch.stack([dataset.load(i) for i in range(len(dataset))])
+    assert images.shape == (6, 1, 12, 16)
+    assert images.mean() < 0.3  # black ink on white paper, inverted: mostly 0, ink 1
+    missing = argparse.Namespace(**{**vars(args), "root": None})
+    with pytest.raises(DataError, match="--root"):
+        _evaluation_dataset(missing, spec)

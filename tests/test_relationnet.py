@@ -42,14 +42,26 @@ def test_embedding_keeps_maps_and_conv4_pools_only_twice():
         RelationNet(Conv4(), loss="hinge")
 
 
-def test_relation_scores_lie_in_unit_interval():
+def test_relation_score_of_each_pair_is_the_papers_module_on_the_concatenated_maps():
+    """Score (query i, class c) = sigmoid(FC-ReLU-FC(pool(block2(block1(cat[class map c, query map i]))))), one pair at
+    a time, as Sung et al. write it; the split first convolution must pair every query with every class."""
     torch.manual_seed(0)
-    model = RelationNet(Conv4()).eval()
-    support, labels, query = torch.randn(6, 64, 7, 7) * 50, torch.tensor([0, 1, 2, 0, 1, 2]), torch.randn(4, 64, 7, 7)
-    scores = model.relation_scores(support, labels, query)
-    assert scores.shape == (4, 3)
-    assert ((scores >= 0) & (scores <= 1)).all()
-    assert torch.allclose(scores, torch.sigmoid(model.classify(support, labels, query)))
+    model = _spread_out(RelationNet(Conv4())).eval()
+    relation = model.relation
+    support, labels, query = torch.randn(6, 64, 7, 7), torch.tensor([0, 1, 2, 0, 1, 2]), torch.randn(4, 64, 7, 7)
+    with torch.no_grad():
+        logits, scores = model.classify(support, labels, query), model.relation_scores(support, labels, query)
+        expected = torch.empty(4, 3)
+        for i in range(4):
+            for c in range(3):
+                pair = torch.cat([support[labels == c].sum(0), query[i]])[None]  # [1, 128, 7, 7]
+                x = F.max_pool2d(F.relu(relation.bn1(relation.conv1(pair))), 2)  # 7 -> 3
+                x = F.max_pool2d(F.relu(relation.bn2(relation.conv2(x))), 2)  # 3 -> 1
+                expected[i, c] = relation.fc2(F.relu(relation.fc1(x.flatten(1))))[0, 0]
+    assert logits.shape == (4, 3)
+    assert torch.allclose(logits, expected, rtol=1e-4, atol=1e-4)
+    assert torch.allclose(scores, torch.sigmoid(expected))
+    assert expected.std() > 1  # the pairs score differently, so a mix-up of pairs would show
 
 
 def _spread_out(model: RelationNet) -> RelationNet:

@@ -125,11 +125,20 @@ def test_save_and_load_task_list_round_trip(tmp_path):
         load_tasks(path, other)
 
 
-def test_iterate_tasks_matches_build_task():
-    ds = make_dataset([5] * 10)
-    specs = TaskSampler(ds, 5, 1, 3, 4, seed=0).specs()
-    for task, spec in zip(iterate_tasks(ds, specs), specs, strict=True):
-        assert torch.equal(task.query_images, build_task(ds, spec).query_images)
+def test_iterate_tasks_matches_build_task_in_process_and_in_dataloader_workers():
+    from fewshot.data.synthetic import SyntheticGlyphs
+
+    lazy = SyntheticGlyphs(10, images_per_class=5, image_size=16, seed=0)  # not preloaded: workers decode
+    assert lazy.images is None
+    specs = TaskSampler(lazy, 5, 1, 3, 4, seed=0).specs()
+    for workers in (0, 2):
+        tasks = list(iterate_tasks(lazy, specs, num_workers=workers))
+        assert len(tasks) == len(specs)
+        for task, spec in zip(tasks, specs, strict=True):  # in order, and the same images as built here
+            expected = build_task(lazy, spec)
+            assert torch.equal(task.support_images, expected.support_images)
+            assert torch.equal(task.query_images, expected.query_images)
+            assert torch.equal(task.query_labels, expected.query_labels)
 
 
 def test_sampling_is_cheap_next_to_a_training_step():

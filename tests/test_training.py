@@ -59,6 +59,47 @@ def test_resume_after_a_kill_ends_with_the_same_weights(tmp_path):
     assert [r["episode"] for r in resumed.rows] == [r["episode"] for r in whole.rows]
 
 
+@pytest.mark.parametrize("where", ["validation", "optimizer update"])
+def test_ctrl_c_anywhere_then_resume_matches_an_uninterrupted_run(tmp_path, monkeypatch, where):
+    """Ctrl-C saves last.pt unless the weights are half-updated; a check it cut short is redone on resume."""
+    train, val = blob_dataset(), blob_dataset(seed=1)
+    whole = Trainer(small_config(), train, val, tmp_path / "whole")
+    whole.fit(show_progress=False)
+
+    interrupted = Trainer(small_config(), train, val, tmp_path / "run")
+    if where == "validation":  # the check at episode 8, after its accuracy is known
+        original = interrupted.validate
+
+        def validate():
+            result = original()
+            if interrupted.episode == 8:
+                raise KeyboardInterrupt
+            return result
+
+        monkeypatch.setattr(interrupted, "validate", validate)
+    else:  # right after the 7th update, before the episode is counted
+        original = interrupted.optimizer.step
+        calls = []
+
+        def step(*args, **kwargs):
+            original(*args, **kwargs)
+            calls.append(1)
+            if len(calls) == 7:
+                raise KeyboardInterrupt
+
+        monkeypatch.setattr(interrupted.optimizer, "step", step)
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.fit(show_progress=False)
+    resumed = Trainer(small_config(), train, val, tmp_path / "run")
+    resumed.resume()
+    assert resumed.episode == (8 if where == "validation" else 4)
+    resumed.fit(show_progress=False)
+    for key, value in weights(whole.model).items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
+    assert [r["episode"] for r in resumed.rows] == [r["episode"] for r in whole.rows]
+    assert [r["val_accuracy"] for r in resumed.rows] == [r["val_accuracy"] for r in whole.rows]
+
+
 def test_nan_loss_stops_with_a_clear_message_and_keeps_last_good_checkpoint(tmp_path):
     trainer = Trainer(small_config(), blob_dataset(), blob_dataset(seed=1), tmp_path / "run")
     real_loss = trainer.model.loss
@@ -88,6 +129,17 @@ def test_checkpoint_of_another_backbone_is_refused(tmp_path):
         load_model(tmp_path / "junk.pt")
     with pytest.raises(CheckpointError, match="does not exist"):
         load_model(tmp_path / "nothing.pt")
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (exec, ("raise SystemExit('unpickled code ran')",))
+
+
+def test_checkpoint_with_python_objects_is_refused_without_running_them(tmp_path):
+    torch.save({"format": "fewshot-checkpoint/1", "payload": _RunsCode()}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError, match="does not unpickle"):
+        read_checkpoint(tmp_path / "evil.pt")
 
 
 def test_final_run_has_no_validation_and_best_is_last(tmp_path):
@@ -152,6 +204,8 @@ def test_recipe_settings_are_overridden_by_flags():
     assert settings["flips"] is True  # the recipe's mirrored classes, which --no-flips turns off
     no_flips = build_parser().parse_args(["train", "--recipe", "omniglot-protonet", "--no-flips", "--out", "x"])
     assert resolve_train_settings(no_flips)["flips"] is False
+    no_rotations = build_parser().parse_args(["train", "--recipe", "omniglot-protonet", "--no-rotations", "--out", "x"])
+    assert resolve_train_settings(no_rotations)["rotations"] is False
     bad = build_parser().parse_args(["train", "--recipe", "nope", "--out", "x"])
     from fewshot.data import DataError
 
@@ -166,3 +220,36 @@ def test_method_options_are_parsed():
     assert parse_options("margin=0.5,loss=triplet,fce=True") == {"margin": 0.5, "loss": "triplet", "fce": True}
     with pytest.raises(DataError, match="key=value"):
         parse_options("margin")
+
+
+@pytest.mark.parametrize(("setting", "value", "flag"), [
+    ("val_every", 0, "--val-every"), ("meta_batch", 0, "--meta-batch"), ("grad_clip", -1.0, "--grad-clip"),
+    ("time_budget", 0, "--time-budget"), ("lr", float("nan"), "--lr"), ("ways", 2.5, "--ways"),
+])
+def test_bad_training_settings_are_refused_up_front(setting, value, flag):
+    with pytest.raises(ValueError, match=flag):
+        small_config(**{setting: value})
+
+
+def test_cli_bad_settings_exit_2_with_one_line(tmp_path, capsys):
+    from fewshot.cli import main
+
+    common = ["train", "--dataset", "glyphs", "--episodes", "2", "--out", str(tmp_path / "run")]
+    assert main([*common, "--backbone-options", "hiden=32"]) == 2
+    assert "bad options for backbone 'conv4'" in capsys.readouterr().err
+    assert main([*common, "--val-every", "0"]) == 2
+    assert "--val-every must be a positive whole number" in capsys.readouterr().err
+
+
+def test_atomic_writes_create_folders_and_get_the_usual_permissions(tmp_path):
+    import os
+
+    from fewshot.utils import atomic_write_text
+
+    mask = os.umask(0)
+    os.umask(mask)
+    atomic_write_text(tmp_path / "new" / "metrics.csv", "episode\n")
+    written = tmp_path / "new" / "metrics.csv"
+    assert written.read_text() == "episode\n"
+    assert written.stat().st_mode & 0o777 == 0o666 & ~mask  # as open() would create it, not mkstemp's 0600
+    assert not list((tmp_path / "new").glob("*.tmp"))

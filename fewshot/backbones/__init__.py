@@ -9,6 +9,7 @@ from torch import nn
 
 from fewshot.backbones.conv4 import Conv4
 from fewshot.backbones.resnet12 import ResNet12
+from fewshot.utils import eval_mode
 
 BACKBONES: dict[str, Callable[..., nn.Module]] = {"conv4": Conv4, "resnet12": ResNet12}
 
@@ -17,17 +18,17 @@ def make_backbone(name: str, in_channels: int = 1, **options) -> nn.Module:
     """Build backbone ``name`` for images with ``in_channels`` channels."""
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone '{name}'; choose one of {', '.join(BACKBONES)}")
-    return BACKBONES[name](in_channels=in_channels, **options)
+    try:
+        return BACKBONES[name](in_channels=in_channels, **options)
+    except TypeError as err:  # an unknown or misspelt option
+        raise ValueError(f"bad options for backbone '{name}': {err}") from None
 
 
 @torch.no_grad()
 def feature_dim(backbone: nn.Module, image_shape: tuple[int, int, int]) -> int:
     """Length D of the feature vector ``backbone`` gives for images of ``(C, H, W)``."""
-    was_training = backbone.training
-    backbone.eval()
-    dim = backbone(torch.zeros(1, *image_shape)).flatten(1).shape[1]
-    backbone.train(was_training)
-    return int(dim)
+    with eval_mode(backbone):
+        return int(backbone(torch.zeros(1, *image_shape)).flatten(1).shape[1])
 
 
 @torch.no_grad()
@@ -39,13 +40,10 @@ def measure_feature_dim(backbone: nn.Module, image_size: int) -> int:
         raise ValueError("cannot tell this backbone's input shape; pass feature_dim")
     shape = (first.in_channels, image_size, image_size) if isinstance(first, nn.Conv2d) else (first.in_features,)
     parameter = next(backbone.parameters(), None)
-    was_training = backbone.training
-    backbone.eval()  # no update of running statistics by the dummy batch
     # two images: batch statistics need more than one value per channel
     dummy = torch.zeros(2, *shape, device=parameter.device if parameter is not None else None)
-    dim = int(backbone(dummy).flatten(1).shape[1])
-    backbone.train(was_training)
-    return dim
+    with eval_mode(backbone):  # no update of running statistics by the dummy batch
+        return int(backbone(dummy).flatten(1).shape[1])
 
 
 __all__ = ["BACKBONES", "Conv4", "ResNet12", "feature_dim", "make_backbone", "measure_feature_dim"]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from fewshot.data.base import DataError, FewShotDataset, TensorDataset
 from fewshot.data.sampler import TaskSampler, TaskSpec, build_task, iterate_tasks, load_tasks, save_tasks
-from fewshot.data.splits import split_by_fraction, split_by_groups
+from fewshot.data.splits import select_groups, split_by_fraction, split_by_groups
 from fewshot.data.task import Task
 
 DATASETS = ("omniglot", "glyphs", "folder")
@@ -65,6 +65,7 @@ __all__ = [
     "load_dataset",
     "load_tasks",
     "save_tasks",
+    "select_groups",
     "split_by_fraction",
     "split_by_groups",
 ]

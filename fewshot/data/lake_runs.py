@@ -200,21 +200,24 @@ def _read_labels(source: _Source, run: str, support_ids: list[str], query_ids: l
     return torch.tensor([labels[q] for q in query_ids], dtype=torch.int64)
 
 
-def load_lake_runs(path: str | Path, image_size: int = 28) -> list[tuple[str, Task]]:
+def load_lake_runs(
+    path: str | Path, image_size: int | tuple[int, int] = 28, channels: int = 1
+) -> list[tuple[str, Task]]:
     """Read every run of ``all_runs.zip`` (or its extracted folder) as a one-shot :class:`Task`.
 
     Returns ``(run name, task)`` pairs sorted by run name. Each task has ``support_images`` ``[N, 1, S, S]``
     (the N training images, labels ``0..N-1`` in ``class01..`` order), ``query_images`` ``[M, 1, S, S]``
-    (``item01..`` order) and ``query_labels`` ``[M]`` from ``class_labels.txt``; ``S = image_size``, ink 1.
+    (``item01..`` order) and ``query_labels`` ``[M]`` from ``class_labels.txt``; ``S = image_size`` (or
+    ``(H, W)``), ink 1; ``channels=3`` repeats the gray level for a model trained on RGB images.
     """
     source = _open(Path(path))
     try:
-        return [(run, _read_run(source, run, image_size)) for run in source.runs()]
+        return [(run, _read_run(source, run, image_size, channels)) for run in source.runs()]
     finally:
         source.close()
 
 
-def _read_run(source: _Source, run: str, image_size: int) -> Task:
+def _read_run(source: _Source, run: str, image_size: int | tuple[int, int], channels: int) -> Task:
     """One run as a Task (see :func:`load_lake_runs`)."""
     support_ids = source.listdir(f"{run}/training")
     query_ids = source.listdir(f"{run}/test")
@@ -224,7 +227,8 @@ def _read_run(source: _Source, run: str, image_size: int) -> Task:
     query_labels = _read_labels(source, run, support_ids, query_ids)
 
     def decode(rel: str) -> torch.Tensor:
-        return decode_image(source.read(rel), image_size, channels=1, invert=True, name=source.describe(rel))
+        return decode_image(source.read(rel), image_size, channels=channels, invert=True,
+                            name=source.describe(rel))
 
     return Task(
         support_images=torch.stack([decode(s) for s in support_ids]),

@@ -13,15 +13,21 @@ def split_by_groups(
     dataset: FewShotDataset, held_out: Sequence[str]
 ) -> tuple[FewShotDataset, FewShotDataset]:
     """``(rest, held_out)``: the classes of the groups not named, and of the groups named."""
+    held = select_groups(dataset, held_out)
     groups = dataset.groups()
-    unknown = [g for g in held_out if g not in groups]
-    if unknown:
-        raise DataError(f"unknown alphabet(s) {', '.join(unknown)}; this data has {', '.join(sorted(groups))}")
-    held = [c for g in held_out for c in groups[g]]
     rest = [c for g, cs in groups.items() if g not in held_out for c in cs]
     if not rest:
         raise DataError("holding out every alphabet leaves no classes to train on")
-    return dataset.subset(rest), dataset.subset(held)
+    return dataset.subset(rest), held
+
+
+def select_groups(dataset: FewShotDataset, names: Sequence[str]) -> FewShotDataset:
+    """The classes of the groups (alphabets) named; an unknown name is an error that lists the known ones."""
+    groups = dataset.groups()
+    unknown = [g for g in names if g not in groups]
+    if unknown:
+        raise DataError(f"unknown alphabet(s) {', '.join(unknown)}; this data has {', '.join(sorted(groups))}")
+    return dataset.subset([c for g in names for c in groups[g]])
 
 
 def choose_groups(dataset: FewShotDataset, fraction: float, seed: int = 0) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -21,7 +22,7 @@ from fewshot.evaluation.calibration import (
 )
 from fewshot.evaluation.metrics import batched_episode_scores, mean_and_ci95, mean_and_t_ci95
 from fewshot.methods import FewShotMethod, MetricMethod
-from fewshot.utils import autocast
+from fewshot.utils import atomic_write_text, autocast, eval_mode
 
 
 @dataclass
@@ -60,11 +61,13 @@ class EvalResult:
         return {k: v for k, v in asdict(self).items() if k not in skip}
 
     def write_csv(self, path: str | Path) -> None:
+        """One row per episode, written atomically (its folder is created if needed)."""
         rows = self.per_episode
-        with open(path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(Path(path), text.getvalue())
 
 
 @torch.no_grad()
@@ -153,25 +156,23 @@ def episode_logits(
     task by task (chunks of one). The model is in eval mode meanwhile.
     """
     device = torch.device(device)
-    was_training = model.training
-    model.eval()
     bar = tqdm(total=len(specs), desc="evaluating", unit="ep", leave=False, disable=not progress)
-    try:
-        if isinstance(model, MetricMethod):
-            features = embed_dataset(model, dataset, device, precision)
-            same_shape = len({(s.support.shape, s.query.shape) for s in specs}) == 1
-            chunk = chunk_size if model.batched_classify and same_shape else 1
-            for start in range(0, len(specs), chunk):
-                batch = specs[start : start + chunk]
-                yield _logits_cached(model, features, batch, device).cpu()
-                bar.update(len(batch))
-        else:
-            for spec in specs:
-                yield _logits(model, build_task(dataset, spec), device, precision)[None].cpu()
-                bar.update(1)
-    finally:
-        bar.close()
-        model.train(was_training)
+    with eval_mode(model):
+        try:
+            if isinstance(model, MetricMethod):
+                features = embed_dataset(model, dataset, device, precision)
+                same_shape = len({(s.support.shape, s.query.shape) for s in specs}) == 1
+                chunk = chunk_size if model.batched_classify and same_shape else 1
+                for start in range(0, len(specs), chunk):
+                    batch = specs[start : start + chunk]
+                    yield _logits_cached(model, features, batch, device).cpu()
+                    bar.update(len(batch))
+            else:
+                for spec in specs:
+                    yield _logits(model, build_task(dataset, spec), device, precision)[None].cpu()
+                    bar.update(1)
+        finally:
+            bar.close()
 
 
 def fit_model_temperature(
@@ -280,11 +281,9 @@ def evaluate_tasks(
 ) -> dict:
     """Error rate of each named task (e.g. Lake's 20 runs) and their mean: ``{"error_rate", "runs": [...]}``."""
     device = torch.device(device)
-    was_training = model.training
-    model.eval()
     runs = []
-    for name, task in named_tasks:
-        predictions = _logits(model, task, device, precision).argmax(1).cpu()
-        runs.append({"run": name, "error_rate": float((predictions != task.query_labels).float().mean())})
-    model.train(was_training)
+    with eval_mode(model):
+        for name, task in named_tasks:
+            predictions = _logits(model, task, device, precision).argmax(1).cpu()
+            runs.append({"run": name, "error_rate": float((predictions != task.query_labels).float().mean())})
     return {"error_rate": sum(r["error_rate"] for r in runs) / len(runs), "runs": runs}

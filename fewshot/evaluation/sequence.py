@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from fewshot.data import FewShotDataset, TaskSampler
 from fewshot.evaluation.metrics import mean_and_ci95
-from fewshot.utils import autocast
+from fewshot.utils import autocast, eval_mode
 
 REPORTED_INSTANCES = (1, 2, 3, 4, 5, 10)
 
@@ -49,26 +49,24 @@ def instance_accuracy(
         raise ValueError(f"instances must be at least 2 (got {instances})")
     device = torch.device(device)
     sampler = TaskSampler(dataset, ways, instances - 1, 1, episodes, seed, within_group=within_group)
-    was_training = model.training
-    model.eval()
-    per_episode = []  # [E, instances] accuracy of each presentation
-    for start in tqdm(range(0, episodes, batch_size), desc="sequences", leave=False, disable=not progress):
-        indices = range(start, min(start + batch_size, episodes))
-        items, labels = [], []
-        for i in indices:
-            spec = sampler.spec(i)
-            flat = np.concatenate([spec.support, spec.query], 1)  # [N, instances]
-            order = np.random.default_rng((seed, i)).permutation(flat.size)
-            items.append(flat.reshape(-1)[order])
-            labels.append(np.repeat(np.arange(ways), instances)[order])
-        images = dataset.load_many(np.concatenate(items)).unflatten(0, (len(items), -1)).to(device)
-        label_batch = torch.as_tensor(np.stack(labels), device=device)
-        with autocast(device, precision):
-            logits = model.sequence_logits(images, label_batch)
-        correct = (logits[..., :ways].argmax(-1) == label_batch).float()
-        index = presentation_index(label_batch)
-        by_instance = torch.zeros(len(items), instances, device=device).scatter_add_(1, index - 1, correct)
-        per_episode.append((by_instance / ways).cpu())
-    model.train(was_training)
+    with eval_mode(model):
+        per_episode = []  # [E, instances] accuracy of each presentation
+        for start in tqdm(range(0, episodes, batch_size), desc="sequences", leave=False, disable=not progress):
+            indices = range(start, min(start + batch_size, episodes))
+            items, labels = [], []
+            for i in indices:
+                spec = sampler.spec(i)
+                flat = np.concatenate([spec.support, spec.query], 1)  # [N, instances]
+                order = np.random.default_rng((seed, i)).permutation(flat.size)
+                items.append(flat.reshape(-1)[order])
+                labels.append(np.repeat(np.arange(ways), instances)[order])
+            images = dataset.load_many(np.concatenate(items)).unflatten(0, (len(items), -1)).to(device)
+            label_batch = torch.as_tensor(np.stack(labels), device=device)
+            with autocast(device, precision):
+                logits = model.sequence_logits(images, label_batch)
+            correct = (logits[..., :ways].argmax(-1) == label_batch).float()
+            index = presentation_index(label_batch)
+            by_instance = torch.zeros(len(items), instances, device=device).scatter_add_(1, index - 1, correct)
+            per_episode.append((by_instance / ways).cpu())
     table = torch.cat(per_episode).numpy()
     return {k + 1: mean_and_ci95(table[:, k].tolist()) for k in range(instances)}

@@ -14,8 +14,11 @@ from fewshot.utils import full_precision
 class FewShotMethod(nn.Module):
     """Base class of all methods.
 
-    Subclasses implement :meth:`forward`; training, evaluation and prediction only ever call
-    :meth:`forward` and :meth:`loss`, so a new method works with all of them.
+    Subclasses implement :meth:`forward`. Training calls :meth:`batch_loss` (by default the mean of :meth:`loss`
+    over the meta-batch, and :meth:`loss` is the query cross-entropy of :meth:`forward`'s logits); evaluation and
+    prediction call :meth:`forward`, except for a :class:`MetricMethod`, whose images they embed once with
+    :meth:`MetricMethod.features` and whose episodes they score with :meth:`MetricMethod.classify`. So a new
+    method that implements these works with all of them.
 
     Args:
         backbone: feature extractor ``[B, C, H, W] -> [B, D]``.
@@ -121,6 +124,11 @@ class MetricMethod(FewShotMethod):
         features = self.features(torch.cat([support_images, query_images]))
         n_support = support_images.shape[0]
         return self.classify(features[:n_support], support_labels, features[n_support:])
+
+
+def same_shapes(tasks: list[Task]) -> bool:
+    """Whether every task has the support and query tensors of the same shapes (so they can be stacked)."""
+    return len({(t.support_images.shape, t.query_images.shape) for t in tasks}) == 1
 
 
 def class_means(features: torch.Tensor, labels: torch.Tensor, num_classes: int | None = None) -> torch.Tensor:

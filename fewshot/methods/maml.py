@@ -44,7 +44,7 @@ from torch.func import functional_call
 
 from fewshot.backbones import measure_feature_dim
 from fewshot.data.task import Task
-from fewshot.methods.base import FewShotMethod
+from fewshot.methods.base import FewShotMethod, same_shapes
 from fewshot.methods.inner_loop import LearningRate, configure_batch_norm, inner_loop, use_task_batch_norm
 
 QUERY_STATISTICS = ("support", "query")
@@ -93,10 +93,6 @@ def vectorize_by_default(device: torch.device) -> bool:
     tasks at once, though (610 MiB against 57 MiB there): pass ``vectorize=False`` where memory is short.
     """
     return torch.device(device).type == "cuda"
-
-
-def _same_shapes(tasks: list[Task]) -> bool:
-    return len({(t.support_images.shape, t.query_images.shape) for t in tasks}) == 1
 
 
 class MAML(FewShotMethod):
@@ -290,7 +286,7 @@ class MAML(FewShotMethod):
             vectorize = vectorize_by_default(tasks[0].support_images.device)
         if len(tasks) < 2 or not torch.is_grad_enabled():
             return super().batch_loss(tasks)
-        if not vectorize or self.checkpoint_steps or len(ways) > 1 or not _same_shapes(tasks):
+        if not vectorize or self.checkpoint_steps or len(ways) > 1 or not same_shapes(tasks):
             return self._task_by_task(tasks)
         (n,) = ways
 

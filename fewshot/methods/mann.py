@@ -33,7 +33,7 @@ from torch import nn
 
 from fewshot.backbones import measure_feature_dim
 from fewshot.data.task import Task
-from fewshot.methods.base import FewShotMethod
+from fewshot.methods.base import FewShotMethod, same_shapes
 from fewshot.utils import full_precision
 
 
@@ -240,7 +240,7 @@ class MANN(FewShotMethod):
 
     def batch_loss(self, tasks: list[Task]) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Cross-entropy on every step of each task's shuffled sequence; returns each task's query logits."""
-        if len({(t.support_images.shape, t.query_images.shape) for t in tasks}) > 1:
+        if not same_shapes(tasks):
             return super().batch_loss(tasks)
         orders, images, labels = [], [], []
         for task in tasks:

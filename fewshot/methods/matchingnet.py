@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fewshot.backbones import feature_dim as backbone_feature_dim
+from fewshot.backbones import measure_feature_dim
 from fewshot.methods.base import MetricMethod
 from fewshot.utils import full_precision
 
@@ -33,15 +33,6 @@ def class_log_probabilities(attention_logits: torch.Tensor, support_labels: torc
     return torch.logsumexp(masked, dim=-1)
 
 
-def _infer_feature_dim(backbone: nn.Module) -> int:
-    """Length of the backbone's features for a ``(C, 28, 28)`` image, ``C`` from its first ``Conv2d``."""
-    convs = [m for m in backbone.modules() if isinstance(m, nn.Conv2d)]
-    if not convs:
-        raise ValueError("MatchingNet(fce=True) cannot infer this backbone's feature size; pass feature_dim")
-    size = max(28, int(getattr(backbone, "min_size", 28)))
-    return backbone_feature_dim(backbone, (convs[0].in_channels, size, size))
-
-
 class MatchingNet(MetricMethod):
     """Matching network with cosine attention and optional full-context embeddings (FCE).
 
@@ -56,9 +47,8 @@ class MatchingNet(MetricMethod):
       gives the same gates as the paper's ``[h_{k-1}, r_{k-1}]`` hidden state.
 
     The LSTMs need the feature length ``D`` when they are built: ``feature_dim`` gives it, or it is measured with a
-    dummy ``(C, 28, 28)`` image (``C`` from the backbone's first ``Conv2d``). That is right for backbones that pool
-    globally (ResNet-12) and for Conv-4 on 28x28 images; for Conv-4 on other sizes pass ``feature_dim`` (e.g. 1600 for
-    84x84), which :meth:`classify` asks for when the features do not fit.
+    dummy ``image_size`` x ``image_size`` image (channels from the backbone's first layer); ``fewshot train`` passes
+    the training images' size.
 
     Attention and FCE run in fp32, also under bf16 autocast (only the backbone uses bf16).
 
@@ -70,6 +60,7 @@ class MatchingNet(MetricMethod):
             value lets the attention be sharp, which trains much faster).
         learn_scale: learn ``scale`` (a parameter) instead of keeping it fixed (a buffer).
         feature_dim: ``D`` for the FCE LSTMs; measured from the backbone when ``None``; unused without FCE.
+        image_size: side of the (square) images, to measure ``D``.
     """
 
     batched_classify = False
@@ -82,6 +73,7 @@ class MatchingNet(MetricMethod):
         scale: float = 10.0,
         learn_scale: bool = True,
         feature_dim: int | None = None,
+        image_size: int = 28,
     ) -> None:
         super().__init__(backbone)
         if fce_steps < 1:
@@ -93,7 +85,8 @@ class MatchingNet(MetricMethod):
         self.fce, self.fce_steps = fce, fce_steps
         self.feature_dim: int | None = None
         if fce:
-            self.feature_dim = _infer_feature_dim(backbone) if feature_dim is None else int(feature_dim)
+            self.feature_dim = (measure_feature_dim(backbone, image_size) if feature_dim is None
+                                else int(feature_dim))
             d = self.feature_dim
             self.support_lstm = nn.LSTM(d, d, batch_first=True, bidirectional=True)
             self.query_lstm = nn.LSTMCell(2 * d, d)

@@ -25,7 +25,7 @@ from torch import nn
 
 from fewshot.backbones import measure_feature_dim
 from fewshot.methods.base import MetricMethod
-from fewshot.utils import full_precision
+from fewshot.utils import eval_mode, full_precision
 
 WRITE_MODES = ("examples", "prototypes")
 
@@ -181,8 +181,8 @@ class MemoryNet(MetricMethod):
             raise ValueError(f"class '{name}' is already in the memory; choose another name")
         if len(images) == 0:
             raise ValueError(f"class '{name}' needs at least one image")
-        self.eval()
-        keys = self.features(images)
+        with eval_mode(self):
+            keys = self.features(images)
         if self.write_mode == "prototypes":
             keys = F.normalize(keys.mean(0, keepdim=True), dim=-1)
         if len(memory) + len(keys) > memory.capacity:
@@ -202,11 +202,11 @@ class MemoryNet(MetricMethod):
         self._check_memory(memory)
         if len(memory.class_names) < 2:
             raise ValueError(f"the memory holds {len(memory.class_names)} class; add at least two before predicting")
-        self.eval()
-        queries = self.features(images)
-        keys = memory.keys.to(queries.device)
-        values = F.one_hot(memory.labels.to(queries.device), len(memory.class_names)).float()
-        return self.predict(self.read(keys, values, queries), keys, values, queries)
+        with eval_mode(self):
+            queries = self.features(images)
+            keys = memory.keys.to(queries.device)
+            values = F.one_hot(memory.labels.to(queries.device), len(memory.class_names)).float()
+            return self.predict(self.read(keys, values, queries), keys, values, queries)
 
     def _check_memory(self, memory: Memory) -> None:
         if memory.model and memory.model != self.fingerprint():

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fewshot.methods.base import MetricMethod, class_means
+from fewshot.methods.losses import pairwise_squared_distances
 from fewshot.utils import full_precision
 
 
@@ -39,9 +40,4 @@ class ProtoNet(MetricMethod):
             if self.scale is not None:
                 normalized = F.normalize(prototypes, dim=-1).transpose(-1, -2)
                 return self.scale * F.normalize(query_features, dim=-1) @ normalized
-            # ||q - p||^2 = ||q||^2 - 2 q.p + ||p||^2: one matrix product instead of an [M, N, D] difference.
-            return -(
-                query_features.pow(2).sum(-1, keepdim=True)
-                - 2 * query_features @ prototypes.transpose(-1, -2)
-                + prototypes.pow(2).sum(-1).unsqueeze(-2)
-            )
+            return -pairwise_squared_distances(query_features, prototypes)

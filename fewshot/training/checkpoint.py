@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -83,7 +84,14 @@ def checkpoint_file(path: str | Path) -> Path:
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     file = checkpoint_file(path)
     try:
-        data = torch.load(file, map_location="cpu", weights_only=False)
+        data = torch.load(file, map_location="cpu", weights_only=True)  # tensors and plain data; no code
+    except pickle.UnpicklingError as err:
+        if "GLOBAL" not in str(err):
+            raise CheckpointError(f"cannot read checkpoint {file}: the file is damaged or not a PyTorch file") from None
+        raise CheckpointError(
+            f"{file} holds Python objects besides tensors and plain data, which fewshot does not unpickle (they could "
+            "run code), so fewshot did not write it; use a checkpoint saved by fewshot"
+        ) from None
     except Exception as err:  # torch raises many types for a damaged file
         raise CheckpointError(f"cannot read checkpoint {file}: {err}") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:

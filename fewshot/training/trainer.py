@@ -62,6 +62,22 @@ class TrainConfig:
     channels_last: bool = True
     data: dict[str, Any] = field(default_factory=dict)  # how the caller built the datasets, for --resume
 
+    def __post_init__(self) -> None:
+        positive = ("ways", "shots", "queries", "meta_batch", "episodes", "val_every", "val_episodes", "val_ways",
+                    "val_shots", "val_queries")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be a positive whole number (got {value!r})")
+        for name in ("time_budget", "grad_clip", "lr"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:  # also refuses NaN
+                raise ValueError(f"--{name.replace('_', '-')} must be positive (got {value!r})")
+        if not self.weight_decay >= 0:
+            raise ValueError(f"--weight-decay must be 0 or more (got {self.weight_decay!r})")
+        if self.lr_schedule not in ("cosine", "step", "constant"):
+            raise ValueError(f"unknown lr schedule {self.lr_schedule!r}; choose cosine, step or constant")
+
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "model": self.model.to_dict()}
 
@@ -121,6 +137,7 @@ class Trainer:
         self.best_val: float | None = None
         self.rows: list[dict] = []
         self.running = {"loss": 0.0, "correct": 0.0, "total": 0.0, "steps": 0}
+        self._updating = False  # inside an optimizer update (see step)
 
     # -- state -----------------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
@@ -162,7 +179,7 @@ class Trainer:
         return task
 
     def step(self, episode: int, lr: float) -> None:
-        """One optimizer step on the ``meta_batch`` tasks of ``episode``."""
+        """One optimizer step on the ``meta_batch`` tasks of ``episode``; then :attr:`episode` is ``episode + 1``."""
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         size = self.config.meta_batch
@@ -173,14 +190,18 @@ class Trainer:
         if not torch.isfinite(loss):
             raise TrainingError(
                 f"the loss became {loss.item()} at episode {episode} (lr {lr:.2g}); training stopped and "
-                f"{self.run_dir / 'last.pt'} keeps the last good state; lower --lr, set --grad-clip, "
-                "or check the data"
+                f"{self.run_dir / 'last.pt'} keeps the last good state; start a new run with a lower --lr or "
+                "with --grad-clip, or check the data"
             )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.config.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        # Between the update and the count the state is half-done: an interrupt there must not be saved.
+        self._updating = True
         self.optimizer.step()
+        self.episode = episode + 1
+        self._updating = False
         self.running["loss"] += float(loss.detach())
         for task, task_logits in zip(tasks, logits, strict=True):
             self.running["correct"] += float((task_logits.argmax(-1) == task.query_labels).sum())
@@ -207,12 +228,13 @@ class Trainer:
             "val_accuracy": val_accuracy,
             "val_ci95": val_ci,
         }
-        self.rows.append(row)
-        self.running = {"loss": 0.0, "correct": 0.0, "total": 0.0, "steps": 0}
+        # best.pt before the row, the row before last.pt: a run interrupted in between redoes this check on resume.
         if val_accuracy is not None and (self.best_val is None or val_accuracy > self.best_val):
-            self.best_val = val_accuracy
             save_checkpoint(self.run_dir / "best.pt", self.model, self.config.model, episode=self.episode,
                             val_accuracy=val_accuracy)
+            self.best_val = val_accuracy
+        self.rows.append(row)
+        self.running = {"loss": 0.0, "correct": 0.0, "total": 0.0, "steps": 0}
         self.save_last()
         self._write_metrics()
         return row
@@ -240,13 +262,15 @@ class Trainer:
                    desc="training", disable=not show_progress, dynamic_ncols=True, mininterval=1.0)
         lr = learning_rate(self.config, self.progress())
         try:
+            logged = self.rows[-1]["episode"] if self.rows else 0
+            if self.episode and self.episode % self.config.val_every == 0 and logged != self.episode:
+                self.log(lr)  # resumed from an interrupt during this episode's check: redo it
             while self.progress() < 1.0:
                 if stop_after is not None and self.episode >= stop_after:  # simulated kill: no final save
                     return TrainResult(self.run_dir, self.episode, self.elapsed, self.best_val, self.rows)
                 started = time.perf_counter()
                 lr = learning_rate(self.config, self.progress())
                 self.step(self.episode, lr)
-                self.episode += 1
                 self.elapsed += time.perf_counter() - started
                 bar.update(round(self.elapsed) - bar.n if by_time else 1)
                 if self.episode % self.config.val_every == 0:
@@ -259,7 +283,8 @@ class Trainer:
             if self.running["steps"] or not self.rows:
                 self.log(lr)
         except KeyboardInterrupt:
-            self.save_last()
+            if not self._updating:
+                self.save_last()
             raise
         finally:
             bar.close()
