@@ -9,9 +9,10 @@ meta-batches of 8 Omniglot ``minimal`` tasks (28x28, 5-way 1-shot 5-query, drawn
   ``(query_loss / 8).backward()``; one Adam step per meta-batch. Its BatchNorm layers run in training mode, so
   the support and the query batches are each normalised with their own statistics.
 * ours: ``MAML.batch_loss`` (functional inner loop, ``torch.autograd.grad``), with ``query_statistics="query"``
-  so that it computes exactly what the higher side computes; then backward and the Adam step. Three of our paths are
-  timed: the Python loop over the tasks (each task's meta-gradient taken right after its loss, as higher does),
-  ``torch.func.vmap`` over the meta-batch, and the loop with gradient checkpointing across the inner steps.
+  so that it computes exactly what the higher side computes; then backward and the Adam step. Four of our paths are
+  timed: the Python loop over the tasks (each task's meta-gradient taken right after its loss, as higher does), the
+  same loop split over one thread per intra-op thread (``workers``, the default on a CPU), ``torch.func.vmap`` over
+  the meta-batch, and the loop with gradient checkpointing across the inner steps.
 
 The sides run in one process, timed in interleaved blocks (the order rotated every round) so that machine noise
 hits all of them alike, and the script prints tasks/s of each. Peak memory is measured for each side in a fresh
@@ -57,11 +58,11 @@ from fewshot.backbones import Conv4
 from fewshot.data import Task, TaskSampler, build_task
 from fewshot.data.omniglot import Omniglot
 from fewshot.methods.inner_loop import configure_batch_norm
-from fewshot.methods.maml import MAML, vectorize_by_default
+from fewshot.methods.maml import MAML, vectorize_by_default, workers_by_default
 
 REPO = Path(__file__).resolve().parent.parent
 WAYS, SHOTS, QUERIES, META_BATCH, INNER_STEPS, INNER_LR, OUTER_LR, SEED = 5, 1, 5, 8, 5, 0.1, 1e-3, 0
-SIDES = ("higher", "ours (loop)", "ours (vmap)", "ours (ckpt)", "ours (bf16)")
+SIDES = ("higher", "ours (loop)", "ours (threads)", "ours (vmap)", "ours (ckpt)", "ours (bf16)")
 MAX_GRAD_DIFF = 1e-9  # in float64
 
 
@@ -103,11 +104,11 @@ def higher_side(model: nn.Sequential) -> Callable[[list[Task]], None]:
     return step
 
 
-def our_side(model: MAML, vectorize: bool, checkpoint: bool = False, bf16: bool = False
+def our_side(model: MAML, vectorize: bool, workers: int | None, checkpoint: bool = False, bf16: bool = False
              ) -> Callable[[list[Task]], None]:
     """One meta-training step of ours; ``bf16``: the trainer's speed options on a CPU with native bfloat16
     (bf16 autocast, channels-last memory), with the default path otherwise."""
-    model.vectorize, model.checkpoint_steps = vectorize, checkpoint
+    model.vectorize, model.workers, model.checkpoint_steps = vectorize, workers, checkpoint
     if bf16:
         model = model.to(memory_format=torch.channels_last)
     outer = torch.optim.Adam(model.parameters(), lr=OUTER_LR)
@@ -177,7 +178,9 @@ def build_side(name: str, device: torch.device) -> Callable[[list[Task]], None]:
     if name == "ours (compiled)":
         return compiled_side(ours)
     vectorize = name == "ours (vmap)" or (name == "ours (bf16)" and vectorize_by_default(device))
-    return our_side(ours, vectorize=vectorize, checkpoint=name == "ours (ckpt)", bf16=name == "ours (bf16)")
+    workers = None if name in ("ours (threads)", "ours (bf16)") else 1
+    return our_side(ours, vectorize=vectorize, workers=workers, checkpoint=name == "ours (ckpt)",
+                    bf16=name == "ours (bf16)")
 
 
 def meta_gradients(device: torch.device, tasks: list[Task], dtype: torch.dtype) -> dict[str, list[torch.Tensor]]:
@@ -198,12 +201,13 @@ def meta_gradients(device: torch.device, tasks: list[Task], dtype: torch.dtype) 
             (F.cross_entropy(fmodel(task.query_images), task.query_labels) / len(tasks)).backward()
     result["higher"] = [p.grad.clone() for p in reference.parameters()]
     parameters = [*ours.backbone.parameters(), *ours.head.parameters()]
-    for name, vectorize in (("ours (loop)", False), ("ours (vmap)", True)):
-        ours.vectorize = vectorize
+    for name, vectorize, workers in (("ours (loop)", False, 1), ("ours (threads)", False, None),
+                                     ("ours (vmap)", True, None)):
+        ours.vectorize, ours.workers = vectorize, workers
         loss, _ = ours.batch_loss(tasks)
         result[name] = list(torch.autograd.grad(loss, parameters))
     if dtype == torch.float32:
-        ours.vectorize = False
+        ours.vectorize, ours.workers = False, None
         with torch.autocast(device.type, dtype=torch.bfloat16):
             loss, _ = ours.batch_loss(tasks)
         result["ours (bf16)"] = list(torch.autograd.grad(loss, parameters))
@@ -250,8 +254,10 @@ def measure_memory(name: str, root: Path, device: torch.device) -> dict[str, flo
 
 
 def default_path(device: torch.device) -> str:
-    """The path ``MAML`` takes by default on ``device``."""
-    return "ours (vmap)" if vectorize_by_default(device) else "ours (loop)"
+    """The path ``MAML`` takes by default on ``device`` (with this process's intra-op threads)."""
+    if vectorize_by_default(device):
+        return "ours (vmap)"
+    return "ours (threads)" if workers_by_default(device, META_BATCH) > 1 else "ours (loop)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -333,7 +339,8 @@ def main(argv: list[str] | None = None) -> int:
         peak = f"{memory[name]['peak_mib']:8.1f} MiB" if name in memory else "(not measured)"
         print(f"  {name:<15} {rates[name]:7.2f} tasks/s   peak memory {peak}")
     print(f"  memory: {memory['higher']['method']}, one meta-batch after a warm-up, each side in its own process")
-    print(f"  vmap / loop: {rates['ours (vmap)'] / rates['ours (loop)']:.2f}x")
+    print(f"  vmap / loop: {rates['ours (vmap)'] / rates['ours (loop)']:.2f}x; "
+          f"threads / loop: {rates['ours (threads)'] / rates['ours (loop)']:.2f}x")
     ours_default = default_path(device)
     ratios = sorted(round_ratios)
     print(f"  per-round ratios {ours_default} / higher: {' '.join(f'{r:.2f}' for r in ratios)} "
@@ -349,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     ok = True
     grads = {dtype: meta_gradients(device, batches[-1], dtype) for dtype in (torch.float32, torch.float64)}
     for dtype in (torch.float32, torch.float64):
-        for name in ("ours (loop)", "ours (vmap)"):
+        for name in ("ours (loop)", "ours (threads)", "ours (vmap)"):
             diff = max(float((a - b).abs().max() / b.abs().max())
                        for a, b in zip(grads[dtype][name], grads[dtype]["higher"], strict=True))
             gated = dtype == torch.float64

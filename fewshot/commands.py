@@ -114,7 +114,13 @@ def resolve_train_settings(args: argparse.Namespace) -> dict[str, Any]:
             settings.update(get_recipe(args.recipe))
         except KeyError as err:
             raise DataError(str(err.args[0])) from None
-    settings.update({k: v for k, v in vars(args).items() if k in TRAIN_DEFAULTS and v is not None})
+    flags = {k: v for k, v in vars(args).items() if k in TRAIN_DEFAULTS and v is not None}
+    for options, owner in (("method_options", "method"), ("backbone_options", "backbone")):
+        # Key by key over the recipe's options (--method-options workers=1 keeps its inner_lr), unless the flags
+        # change the method (backbone) those options were for.
+        if options in flags and settings[options] and flags.get(owner, settings[owner]) == settings[owner]:
+            flags[options] = {**parse_options(settings[options]), **parse_options(flags[options])}
+    settings.update(flags)
     return settings
 
 

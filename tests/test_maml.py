@@ -253,6 +253,18 @@ METHOD_VARIANTS = {
 }
 
 
+def assert_same_results(first: tuple, second: tuple, rtol: tuple[float, float, float]) -> None:
+    """Two ``(loss, logits per task, gradients)`` of ``batch_loss`` agree, within ``rtol`` for each part."""
+    (loss_a, logits_a, grads_a), (loss_b, logits_b, grads_b) = first, second
+    torch.testing.assert_close(loss_a, loss_b, rtol=rtol[0], atol=0)
+    for a, b in zip(logits_a, logits_b, strict=True):
+        torch.testing.assert_close(a, b, rtol=rtol[1], atol=1e-10)
+    for a, b in zip(grads_a, grads_b, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=rtol[2], atol=1e-10)
+
+
 @pytest.mark.parametrize("variant", list(METHOD_VARIANTS))
 def test_vmap_path_equals_loop_path(variant):
     torch.manual_seed(0)
@@ -263,14 +275,8 @@ def test_vmap_path_equals_loop_path(variant):
         model.vectorize = vectorize
         loss, logits = model.batch_loss(tasks)
         grads = torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)
-        results.append((loss, torch.stack(logits), grads))
-    (loss_v, logits_v, grads_v), (loss_l, logits_l, grads_l) = results
-    torch.testing.assert_close(loss_v, loss_l, rtol=1e-10, atol=0)
-    torch.testing.assert_close(logits_v, logits_l, rtol=1e-8, atol=1e-10)
-    for gv, gl in zip(grads_v, grads_l, strict=True):
-        assert (gv is None) == (gl is None)
-        if gv is not None:
-            torch.testing.assert_close(gv, gl, rtol=1e-7, atol=1e-10)
+        results.append((loss, logits, grads))
+    assert_same_results(*results, rtol=(1e-10, 1e-8, 1e-7))
 
 
 def test_loop_path_takes_each_tasks_gradient_at_once():
@@ -290,6 +296,43 @@ def test_loop_path_takes_each_tasks_gradient_at_once():
     with torch.no_grad():  # no gradients wanted: the plain mean
         plain, _ = model.batch_loss(tasks)
     torch.testing.assert_close(plain, loss.detach())
+
+
+@pytest.mark.parametrize("variant", list(METHOD_VARIANTS))
+def test_meta_batch_split_over_threads_equals_the_loop(variant):
+    """Tasks on three threads, each through its own replica: the same loss, logits in task order and meta-gradient
+    as one thread's loop; the caller's intra-op thread count is left as it was."""
+    torch.manual_seed(0)
+    model = METHOD_VARIANTS[variant]().to(DOUBLE)
+    model.vectorize = False
+    tasks = [image_task(seed=s, queries=1 + s % 2) for s in range(5)]
+    results = []
+    for workers in (1, 3):
+        model.workers = workers
+        loss, logits = model.batch_loss(tasks)
+        grads = torch.autograd.grad(loss, [p for p in model.parameters() if p.requires_grad], allow_unused=True)
+        results.append((loss, logits, grads))
+    assert torch.get_num_threads() == 1
+    # unequal query counts: logits in the wrong order would not even match in shape
+    assert_same_results(*results, rtol=(1e-12, 1e-10, 1e-9))
+
+
+def test_threads_keep_the_callers_autocast():
+    torch.manual_seed(0)
+    model = MAML(small_conv(), inner_steps=1, ways=3, vectorize=False)
+    tasks = [image_task(seed=s, dtype=torch.float32) for s in range(2)]
+    dtypes = []
+    for workers in (1, 2):
+        model.workers = workers
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            _, logits = model.batch_loss(tasks)
+        dtypes.append({t.dtype for t in logits})
+    assert dtypes[0] == dtypes[1] == {torch.bfloat16}
+
+
+def test_workers_must_be_positive():
+    with pytest.raises(ValueError, match="workers must be a positive integer"):
+        MAML(small_conv(), workers=0)
 
 
 def test_vmap_path_uses_one_vmap_for_the_meta_batch(monkeypatch):

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from fewshot.commands import prepare_training_data, start_training
+from fewshot.commands import parse_options, prepare_training_data, start_training
 from fewshot.training.checkpoint import CheckpointError, ModelSpec, load_model, read_checkpoint
 from fewshot.training.trainer import TrainConfig, Trainer, TrainingError, learning_rate
 from tests.helpers import blob_dataset, glyph_settings
@@ -211,6 +211,22 @@ def test_recipe_settings_are_overridden_by_flags():
 
     with pytest.raises(DataError, match="unknown recipe 'nope'"):
         resolve_train_settings(bad)
+
+
+def test_method_options_given_with_a_recipe_add_to_its_own():
+    from fewshot.cli import build_parser
+    from fewshot.commands import resolve_train_settings
+
+    def options(*argv: str) -> dict:
+        settings = resolve_train_settings(build_parser().parse_args(["train", *argv, "--out", "x"]))
+        return parse_options(settings["method_options"])
+
+    merged = options("--recipe", "omniglot-maml", "--method-options", "workers=1,inner_lr=0.2")
+    assert merged == {"inner_steps": 1, "inner_lr": 0.2, "test_inner_steps": 1, "shared_head": True, "workers": 1}
+    # another method: the recipe's options were not for it
+    assert options("--recipe", "omniglot-maml", "--method", "protonet", "--method-options", "distance=cosine") == {
+        "distance": "cosine"}
+    assert options("--recipe", "omniglot-maml")["shared_head"] is True
 
 
 def test_method_options_are_parsed():
