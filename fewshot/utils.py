@@ -1,14 +1,17 @@
-"""Small shared helpers: atomic file writes, seeding, device choice."""
+"""Small shared helpers: atomic file writes, seeding, device choice, work on replicas over threads."""
 
 from __future__ import annotations
 
+import copy
+import itertools
 import os
 import random
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -111,3 +114,54 @@ def default_precision(device: torch.device) -> str:
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
     return "bf16" if cpu_supports_bf16() else "fp32"
+
+
+# -- work split over threads -------------------------------------------------------------------------
+T = TypeVar("T")
+R = TypeVar("R")
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+os.register_at_fork(after_in_child=_POOLS.clear)  # a forked child has none of the parent's threads
+
+
+def replica(module: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``module``'s tree of modules that shares its parameters and buffers.
+
+    ``functional_call`` swaps a module's attributes while it runs, so two threads cannot run through one module at
+    once; each uses its own replica, and gradients still reach the one set of parameters.
+    """
+    memo = {id(t): t for t in itertools.chain(module.parameters(), module.buffers())}
+    return copy.deepcopy(module, memo)
+
+
+def map_on_replicas(
+    fn: Callable[[torch.nn.Module, Sequence[T]], R], module: torch.nn.Module, items: Sequence[T], workers: int,
+    device_type: str = "cpu",
+) -> list[R]:
+    """``[fn(replica_i, items[i::workers]) for i < workers]``, each call on its own thread and replica of ``module``.
+
+    The threads take the caller's grad mode and autocast on ``device_type`` (both are per thread) and an equal share
+    of its intra-op threads: on a CPU, whole tasks on each core keep both busy where the small batches of one task
+    do not.
+    """
+    grad = torch.is_grad_enabled()
+    mixed = torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type)
+    threads = max(1, torch.get_num_threads() // workers)
+
+    def call(copy_: torch.nn.Module, part: Sequence[T]) -> R:
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+        with torch.set_grad_enabled(grad), torch.autocast(device_type, dtype=mixed[1], enabled=mixed[0]):
+            return fn(copy_, part)
+
+    if workers not in _POOLS:
+        _POOLS[workers] = ThreadPoolExecutor(workers, thread_name_prefix="fewshot-tasks")
+    return list(_POOLS[workers].map(call, [replica(module) for _ in range(workers)],
+                                    [items[i::workers] for i in range(workers)]))
+
+
+def cpu_workers(device: torch.device, tasks: int) -> int:
+    """Threads to split ``tasks`` independent tasks over: on a CPU one per intra-op thread (at most one per task),
+    elsewhere one."""
+    if torch.device(device).type != "cpu":
+        return 1
+    return max(1, min(torch.get_num_threads(), tasks))

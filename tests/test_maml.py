@@ -479,3 +479,32 @@ def test_a_shared_head_adapts_to_any_number_of_classes_whatever_their_order(cls)
     torch.testing.assert_close(relabelled[:, permutation], logits)
     with pytest.raises(ValueError, match="head has only 5 outputs"):
         cls(smooth_body(), ways=5).to(DOUBLE)(task.support_images, task.support_labels, task.query_images)
+
+
+@pytest.mark.parametrize("cls", [MAML, ProtoMAML])
+def test_evaluation_adapts_tasks_on_threads_with_the_loops_logits(cls, monkeypatch):
+    """On two intra-op threads evaluation adapts tasks on two threads, through replicas, in no-grad mode: the same
+    logits, in episode order, as one task after another, and no gradient is kept."""
+    from fewshot.data import TaskSampler
+    from fewshot.evaluation import evaluate as evaluation
+    from fewshot.evaluation.evaluate import episode_logits
+    from tests.helpers import blob_dataset
+
+    calls = []
+    original = evaluation.map_on_replicas
+    monkeypatch.setattr(evaluation, "map_on_replicas", lambda *a, **k: calls.append(a[3]) or original(*a, **k))
+    torch.manual_seed(0)
+    data = blob_dataset(num_classes=6, per_class=5, size=28)
+    model = cls(small_conv(), inner_steps=1, test_inner_steps=2, ways=3)
+    specs = TaskSampler(data, 3, 1, 2, 11, seed=0).specs()
+    torch.set_num_threads(2)
+    threaded = list(episode_logits(model, data, specs))
+    assert calls == [2]  # one block of the 11 tasks, on two threads
+    model.thread_safe_replicas = False
+    serial = list(episode_logits(model, data, specs))
+    assert len(calls) == 1
+    assert len(threaded) == len(serial) == 11
+    for a, b in zip(threaded, serial, strict=True):
+        assert not a.requires_grad
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert torch.get_num_threads() == 2

@@ -22,7 +22,7 @@ from fewshot.evaluation.calibration import (
 )
 from fewshot.evaluation.metrics import batched_episode_scores, mean_and_ci95, mean_and_t_ci95
 from fewshot.methods import FewShotMethod, MetricMethod
-from fewshot.utils import atomic_write_text, autocast, eval_mode
+from fewshot.utils import atomic_write_text, autocast, cpu_workers, eval_mode, map_on_replicas
 
 
 @dataclass
@@ -145,6 +145,21 @@ def _logits(model: FewShotMethod, task: Task, device: torch.device, precision: s
         return model(task.support_images, task.support_labels, task.query_images).float()
 
 
+def _tasks_logits(
+    model: FewShotMethod, tasks: list[Task], device: torch.device, precision: str, workers: int
+) -> list[torch.Tensor]:
+    """Query logits of each task, in order; task ``i`` on thread ``i % workers`` through a replica of ``model``."""
+    def part(copy: FewShotMethod, share: list[Task]) -> list[torch.Tensor]:
+        return [_logits(copy, task, device, precision) for task in share]
+
+    if workers == 1:
+        return part(model, tasks)
+    logits: list[torch.Tensor] = [torch.empty(0)] * len(tasks)
+    for i, share in enumerate(map_on_replicas(part, model, tasks, workers, device.type)):
+        logits[i::workers] = share
+    return logits
+
+
 @torch.no_grad()
 def episode_logits(
     model: FewShotMethod, dataset: FewShotDataset, specs: Sequence[TaskSpec], device: str | torch.device = "cpu",
@@ -153,7 +168,8 @@ def episode_logits(
     """Query logits of the episodes ``specs``, in order, as chunks ``[E, M, N]`` of consecutive episodes (on CPU).
 
     Metric methods embed every image once and classify whole chunks from the cached features; other methods run
-    task by task (chunks of one). The model is in eval mode meanwhile.
+    task by task (chunks of one), split over CPU threads where the method allows it
+    (:attr:`~fewshot.methods.FewShotMethod.thread_safe_replicas`). The model is in eval mode meanwhile.
     """
     device = torch.device(device)
     bar = tqdm(total=len(specs), desc="evaluating", unit="ep", leave=False, disable=not progress)
@@ -168,9 +184,13 @@ def episode_logits(
                     yield _logits_cached(model, features, batch, device).cpu()
                     bar.update(len(batch))
             else:
-                for spec in specs:
-                    yield _logits(model, build_task(dataset, spec), device, precision)[None].cpu()
-                    bar.update(1)
+                workers = cpu_workers(device, len(specs)) if getattr(model, "thread_safe_replicas", False) else 1
+                block = 8 * workers if workers > 1 else 1
+                for start in range(0, len(specs), block):
+                    tasks = [build_task(dataset, spec) for spec in specs[start : start + block]]
+                    for logits in _tasks_logits(model, tasks, device, precision, min(workers, len(tasks))):
+                        yield logits[None].cpu()
+                    bar.update(len(tasks))
         finally:
             bar.close()
 

@@ -24,6 +24,10 @@ class FewShotMethod(nn.Module):
         backbone: feature extractor ``[B, C, H, W] -> [B, D]``.
     """
 
+    #: Whether :meth:`forward` keeps no state in the module, so that evaluation may classify tasks on several threads
+    #: at once, each through a replica that shares the parameters (:func:`fewshot.utils.map_on_replicas`).
+    thread_safe_replicas: bool = False
+
     def __init__(self, backbone: nn.Module) -> None:
         super().__init__()
         self.backbone = backbone

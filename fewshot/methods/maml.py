@@ -36,11 +36,7 @@ thread): the small batches of one task keep a second core only half busy, whole 
 
 from __future__ import annotations
 
-import copy
-import itertools
-import os
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
 import torch
 import torch.nn.functional as F
@@ -51,6 +47,7 @@ from fewshot.backbones import measure_feature_dim
 from fewshot.data.task import Task
 from fewshot.methods.base import FewShotMethod, same_shapes
 from fewshot.methods.inner_loop import LearningRate, configure_batch_norm, inner_loop, use_task_batch_norm
+from fewshot.utils import cpu_workers, map_on_replicas
 
 QUERY_STATISTICS = ("support", "query")
 
@@ -102,36 +99,14 @@ def vectorize_by_default(device: torch.device) -> bool:
 
 def workers_by_default(device: torch.device, tasks: int) -> int:
     """Threads a meta-batch of ``tasks`` is split over when ``workers=None``: on a CPU one per intra-op thread (at
-    most one per task), elsewhere one.
+    most one per task), elsewhere one (:func:`fewshot.utils.cpu_workers`).
 
     Measured on 2 cores: two threads of one intra-op thread each take 1.38x the tasks/s of one thread with two
     intra-op threads in ``benchmarks/bench_maml_vs_higher.py`` (5-way tasks, 5 inner steps), 1.06x to 1.28x the
     optimizer steps/s of the optimization recipes (``benchmarks/meta_batch_threads.py``): the batch norm, pooling
     and element-wise work of a 5-image batch barely runs in parallel, whole tasks do.
     """
-    if torch.device(device).type != "cpu":
-        return 1
-    return max(1, min(torch.get_num_threads(), tasks))
-
-
-_POOLS: dict[int, ThreadPoolExecutor] = {}
-os.register_at_fork(after_in_child=_POOLS.clear)  # a forked child has none of the parent's threads
-
-
-def _pool(workers: int) -> ThreadPoolExecutor:
-    if workers not in _POOLS:
-        _POOLS[workers] = ThreadPoolExecutor(workers, thread_name_prefix="fewshot-meta-batch")
-    return _POOLS[workers]
-
-
-def _replica(module: nn.Module) -> nn.Module:
-    """A copy of ``module``'s tree of modules that shares its parameters and buffers.
-
-    ``functional_call`` swaps a module's attributes while it runs, so two threads cannot adapt through one module
-    at once; each uses its own replica, and the meta-gradients still reach the one set of parameters.
-    """
-    memo = {id(t): t for t in itertools.chain(module.parameters(), module.buffers())}
-    return copy.deepcopy(module, memo)
+    return cpu_workers(device, tasks)
 
 
 GradientSum = list[torch.Tensor | None]
@@ -190,6 +165,8 @@ class MAML(FewShotMethod):
     adapt_body: bool = True
     #: Whether the head is built per task from the class prototypes (Proto-MAML) instead of being learned.
     prototype_head: bool = False
+    #: The inner loop runs through ``functional_call`` on replicas too: evaluation may adapt tasks on threads.
+    thread_safe_replicas = True
 
     def __init__(
         self,
@@ -387,22 +364,14 @@ class MAML(FewShotMethod):
         self, tasks: list[Task], workers: int, parameters: list[torch.Tensor]
     ) -> tuple[GradientSum, list[torch.Tensor], list[torch.Tensor]]:
         """:func:`_sum_meta_gradients` with task ``i`` on thread ``i % workers``, each through its own replica."""
-        device_type = tasks[0].support_images.device.type
-        # Autocast and the intra-op thread count are per thread: the workers take the caller's.
-        mixed = torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type)
-        threads = max(1, torch.get_num_threads() // workers)
 
-        def share(replica: MAML, part: list[Task]) -> tuple[GradientSum, list[torch.Tensor], list[torch.Tensor]]:
-            if torch.get_num_threads() != threads:
-                torch.set_num_threads(threads)
-            with torch.autocast(device_type, dtype=mixed[1], enabled=mixed[0]):
-                return _sum_meta_gradients(replica.loss, part, len(tasks), parameters)
+        def share(copy: MAML, part: list[Task]) -> tuple[GradientSum, list[torch.Tensor], list[torch.Tensor]]:
+            return _sum_meta_gradients(copy.loss, part, len(tasks), parameters)
 
-        parts = list(_pool(workers).map(share, [_replica(self) for _ in range(workers)],
-                                        [tasks[i::workers] for i in range(workers)]))
         total: GradientSum = [None] * len(parameters)
         losses: list[torch.Tensor] = [torch.empty(0)] * len(tasks)
         logits: list[torch.Tensor] = [torch.empty(0)] * len(tasks)
+        parts = map_on_replicas(share, self, tasks, workers, tasks[0].support_images.device.type)
         for i, (grads, part_losses, part_logits) in enumerate(parts):
             total = _add(total, grads)
             losses[i::workers], logits[i::workers] = part_losses, part_logits
