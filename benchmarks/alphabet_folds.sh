@@ -10,11 +10,16 @@
 #   BUDGET=600 OUT=runs/folds bash benchmarks/alphabet_folds.sh protonet F2 F3    # some of them
 # A fold's run folder that already holds best.pt is not retrained (a link to an earlier run with the same
 # settings works: fold F1 is leave_alphabets_out.sh's split).
+#   VIEWS=1 TAG=protomaml-1view ... alphabet_folds.sh protomaml   # evaluate with that many test views instead of
+#                                   the checkpoint's, into OUT/TAG_FOLD_ALPHABET_WAYSw.json (TAG: the method)
 set -euo pipefail
 ROOT=${ROOT:-../shared/data/omniglot}
 BUDGET=${BUDGET:-600}
 OUT=${OUT:-runs/folds}
 method=$1; shift
+TAG=${TAG:-$method}
+views=()
+[ -n "${VIEWS:-}" ] && views=(--test-views "$VIEWS")
 declare -A FOLDS=(  # held-out alphabets : validation alphabet
   [F1]="Korean,Balinese:Early_Aramaic"
   [F2]="Japanese_(katakana),Tagalog:Sanskrit"
@@ -33,11 +38,11 @@ for fold in "${names[@]}"; do
   for alphabet in "${alphabets[@]}"; do
     for ways in 20 5; do
       [ "$alphabet" = Tagalog ] && [ "$ways" = 20 ] && continue
-      out="${run}_${alphabet}_${ways}w.json"
+      out="$OUT/${TAG}_${fold}_${alphabet}_${ways}w.json"
       [ -s "$out" ] || fewshot evaluate --checkpoint "$run" --dataset omniglot --root "$ROOT" --split minimal \
           --alphabets "$alphabet" --ways "$ways" --shots 1 --queries 5 --within-alphabet --episodes 1000 \
-          --seed 0 --json > "$out"
+          --seed 0 "${views[@]}" --json > "$out"
     done
   done
 done
-python "$(dirname "$0")/folds_table.py" "$OUT" "$method"
+python "$(dirname "$0")/folds_table.py" "$OUT" "$TAG"

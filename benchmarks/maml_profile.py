@@ -30,7 +30,7 @@ def side(composite: bool, channels_last: bool):
             layer.composite = composite
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    return our_side(model, vectorize=False)
+    return our_side(model, vectorize=False, workers=1)
 
 
 def main() -> None:

@@ -45,6 +45,10 @@ declare -A VARIANTS=(
   [Z6_flips_size40]="protonet --augment $AFFINE,elastic=2.1:5.7 --flips --image-size 40"  # elastic scaled with the image
   [Z7_flips_size32]="protonet --augment $AFFINE,elastic=1.7:4.6 --flips --image-size 32"
   [V_metasgd_shared]="metasgd --method-options inner_steps=1,inner_lr=0.1,test_inner_steps=3,shared_head=True"
+  # Proto-MAML as its recipe stood until session 9 (pairs of 20-way tasks, no augmentation), and trained like
+  # omniglot-protonet (60-way, mirrored classes, elastic distortion, one task per step): its recipe since session 10
+  [T0_protomaml]="protomaml --augment none --no-flips --ways 20 --meta-batch 2"
+  [T1_protomaml_protonet_training]="protomaml --augment $AFFINE,elastic=1.5:4 --flips --ways 60 --meta-batch 1"
 )
 names=("$@")
 [ ${#names[@]} -gt 0 ] || names=(A_base B_within C_size40 D_elastic E_el15_within F_el3 G_el_lr2 H_el_q2 I_el_pools3 J_el2

@@ -475,8 +475,8 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--val-ways", type=int)
     p.add_argument("--val-shots", type=int)
     p.add_argument("--seed", type=int)
-    p.add_argument("--test-views", type=int, help="metric methods: average the embeddings of this many seeded "
-                   "transforms of each image at test time (default 1: none)")
+    p.add_argument("--test-views", type=int, help="metric methods, ANIL, Proto-MAML: average the features of "
+                   "this many seeded transforms of each image at test time (default 1: none)")
     p.add_argument("--test-augment", help="the transforms of --test-views (default: --augment, else "
                    "'rotation=8,shear=5,scale=0.92:1.08,shift=0.05')")
     p.add_argument("--device", help="auto (default), cpu, cuda")
@@ -516,7 +516,8 @@ def _add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lake-runs", help="all_runs.zip or its folder: Lake et al.'s 20 one-shot runs")
     p.add_argument("--instances", type=int, help="sequence methods (mann): accuracy of the 1st..Nth presentation "
                    "of each class in sequences of --ways classes with this many images each")
-    p.add_argument("--test-views", type=int, help="test-time views per image (metric methods); default: as trained")
+    p.add_argument("--test-views", type=int, help="test-time views per image (metric methods, ANIL, Proto-MAML); "
+                   "default: as trained")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 
@@ -537,7 +538,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", required=True, help="run folder or .pt file")
     p.add_argument("--support", required=True, help="folder with one sub-folder of images per class")
     p.add_argument("--query", required=True, nargs="+", help="image files or folders")
-    p.add_argument("--test-views", type=int, help="test-time views per image (metric methods); default: as trained")
+    p.add_argument("--test-views", type=int, help="test-time views per image (metric methods, ANIL, Proto-MAML); "
+                   "default: as trained")
     p.add_argument("--skip-corrupt", action="store_true", help="skip unreadable images with a warning")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict)

@@ -66,7 +66,12 @@ RECIPES: dict[str, dict[str, Any]] = {
     "omniglot-metasgd": {**_OPTIMIZATION, "method": "metasgd",
                          "method_options": "inner_steps=1,inner_lr=0.1,test_inner_steps=1,shared_head=True"},
     "omniglot-anil": {**_OPTIMIZATION, "method": "anil"},
-    "omniglot-protomaml": {**_OPTIMIZATION, "method": "protomaml", "ways": 20, "val_ways": 20, "meta_batch": 2},
+    # Proto-MAML adapts its head only, on features of a backbone that it meta-trains like ProtoNet's: ProtoNet's
+    # training (60-way tasks, mirrored classes, elastic distortion) and test views, one task per step. On Sanskrit
+    # validation that training scored 71.5% against 63.8% for the 20-way pairs without augmentation this recipe
+    # had until session 10, which overfit (94% training accuracy); 16 affine views then took 70.9% to 73.6%.
+    "omniglot-protomaml": {**_ELASTIC, "method": "protomaml", "ways": 60, "val_ways": 20, "flips": True,
+                           "time_budget": 900, "method_options": _OPTIMIZATION["method_options"]},
     # External memory. MemoryNet: a metric method, trained like ProtoNet for 15 minutes; mirrored classes gained
     # 0.9 points on Sanskrit validation.
     "omniglot-memorynet": {**_ELASTIC, "method": "memorynet", "ways": 30, "time_budget": 900, "flips": True},

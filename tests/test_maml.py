@@ -13,7 +13,7 @@ from fewshot.data import Task
 from fewshot.methods import ProtoNet, make_method
 from fewshot.methods.anil import ANIL
 from fewshot.methods.base import class_means
-from fewshot.methods.inner_loop import TaskBatchNorm, configure_batch_norm, inner_loop
+from fewshot.methods.inner_loop import TaskBatchNorm, configure_batch_norm, inner_loop, normalize_with_row_statistics
 from fewshot.methods.maml import MAML
 from fewshot.methods.metasgd import MetaSGD
 from fewshot.methods.protomaml import ProtoMAML
@@ -202,6 +202,56 @@ def test_anil_adapts_only_the_head(monkeypatch):
     model.train()
     model.loss(task)[0].backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in body.parameters())
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_support_statistics_batch_norm_matches_its_plain_version_to_the_second_order(affine):
+    """The native-kernel path of ``statistics_rows`` gives the plain operations' output and gradients, and its
+    backward is differentiable again (a second-order MAML step through the query path)."""
+    torch.manual_seed(0)
+    layer = TaskBatchNorm(3, affine=affine).to(DOUBLE)
+    if affine:
+        with torch.no_grad():
+            layer.weight.uniform_(0.5, 1.5), layer.bias.normal_()
+    x = torch.randn(7, 3, 4, 5, dtype=DOUBLE, requires_grad=True)
+    inputs = (x, *layer.parameters())
+
+    def native(x: torch.Tensor, *_) -> torch.Tensor:
+        with configure_batch_norm(layer, statistics_rows=3):
+            return layer(x)
+
+    def plain(x: torch.Tensor, *_) -> torch.Tensor:
+        return normalize_with_row_statistics(x, layer.weight, layer.bias, 3, layer.eps)
+
+    torch.testing.assert_close(native(x), plain(x))
+    upstream = torch.randn(7, 3, 4, 5, dtype=DOUBLE)
+    first = torch.autograd.grad(native(x), inputs, upstream)
+    torch.testing.assert_close(first, torch.autograd.grad(plain(x), inputs, upstream))
+    assert torch.autograd.gradgradcheck(native, inputs)
+    # the rows beyond the statistics get only the direct part, scale * upstream; the rows of the statistics more
+    scale = torch.rsqrt(x[:3].var((0, 2, 3), correction=0) + layer.eps)
+    if affine:
+        scale = scale * layer.weight
+    direct = upstream * scale.view(1, 3, 1, 1)
+    torch.testing.assert_close(first[0][3:], direct[3:])
+    assert not torch.allclose(first[0][:3], direct[:3])
+
+
+def test_support_statistics_batch_norm_under_bf16_autocast_follows_the_plain_version():
+    torch.manual_seed(0)
+    layer = TaskBatchNorm(8)
+    x = torch.randn(12, 8, 6, 6).bfloat16().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with configure_batch_norm(layer, statistics_rows=4):
+            native = layer(x)
+        plain = normalize_with_row_statistics(x, layer.weight, layer.bias, 4, layer.eps)
+    assert native.dtype == plain.dtype == torch.bfloat16
+    upstream = torch.randn(12, 8, 6, 6).bfloat16()
+    native_grads = torch.autograd.grad(native, (x, layer.weight), upstream)
+    plain_grads = torch.autograd.grad(plain, (x, layer.weight), upstream)
+    torch.testing.assert_close(native.float(), plain.float(), rtol=0.02, atol=0.02)
+    for a, b in zip(native_grads, plain_grads, strict=True):
+        assert (a.float() - b.float()).norm() < 0.02 * b.float().norm()
 
 
 def test_protomaml_starts_from_protonet_logits():

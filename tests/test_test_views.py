@@ -1,4 +1,4 @@
-"""Test-time augmentation of metric methods, and training tasks drawn within one alphabet."""
+"""Test-time augmentation (metric methods and head-only adaptation), and training tasks drawn within one alphabet."""
 
 from __future__ import annotations
 
@@ -7,7 +7,10 @@ import torch
 
 from fewshot.commands import build_train_config, start_training
 from fewshot.data.augment import AugmentConfig, augment
+from fewshot.data.task import Task
 from fewshot.evaluation.evaluate import embed_dataset
+from fewshot.methods.base import class_means
+from fewshot.methods.inner_loop import configure_batch_norm
 from fewshot.training.checkpoint import ModelSpec, load_model
 from fewshot.training.trainer import Trainer
 from tests.helpers import blob_dataset, glyph_settings
@@ -49,11 +52,45 @@ def test_unit_length_methods_stay_unit_length_with_views():
     torch.testing.assert_close(norms, torch.ones(4))
 
 
-def test_views_are_refused_for_non_metric_methods_and_without_a_transform():
-    with pytest.raises(ValueError, match="metric methods"):
+def test_views_are_refused_without_fixed_features_and_without_a_transform():
+    with pytest.raises(ValueError, match="adapts its backbone"):
         ModelSpec(method="maml", method_options={"ways": 5}, image_shape=(1, 16, 16), test_views=4).build()
+    with pytest.raises(ValueError, match="adapts its backbone"):
+        ModelSpec(method="protomaml", method_options={"adapt_body": True}, image_shape=(1, 16, 16),
+                  test_views=4).build()
+    with pytest.raises(ValueError, match="no per-image features"):
+        ModelSpec(method="mann", image_shape=(1, 16, 16), test_views=4).build()
     with pytest.raises(ValueError, match="need an augmentation"):
         ModelSpec(image_shape=(1, 16, 16), test_views=4, test_augment="none").build()
+
+
+def test_head_only_adaptation_starts_from_features_averaged_over_views():
+    """Proto-MAML with no test step is the prototype classifier; with views, of features averaged over views, each
+    view of the support and query images normalised with the view's support statistics."""
+    torch.manual_seed(0)
+    model = ModelSpec(method="protomaml", method_options={"test_inner_steps": 0}, image_shape=(1, 16, 16),
+                      test_views=3).build()
+    support, labels, query = torch.rand(6, 1, 16, 16), torch.tensor([0, 1, 2, 0, 1, 2]), torch.rand(4, 1, 16, 16)
+    model.eval()
+    logits = model(support, labels, query)
+    generator, total = torch.Generator().manual_seed(0), 0.0
+    for view in range(3):
+        images = torch.cat([support, query])
+        if view:
+            images = augment(images, model.test_augment, generator, shared=True)
+        with configure_batch_norm(model.backbone, statistics_rows=6), torch.no_grad():
+            total = total + model.backbone(images).flatten(1)
+    features = total / 3
+    prototypes = class_means(features[:6], labels, 3)
+    torch.testing.assert_close(logits, 2 * features[6:] @ prototypes.T - prototypes.pow(2).sum(-1))
+    model.set_test_views(1)
+    assert not torch.allclose(model(support, labels, query), logits)
+    # training never uses the views
+    model.train()
+    task = Task(support, labels, query, torch.tensor([0, 1, 2, 0]))
+    with_views = model.loss(task)[0]
+    model.set_test_views(3)
+    torch.testing.assert_close(model.loss(task)[0], with_views)
 
 
 def test_views_travel_with_the_checkpoint_and_can_be_overridden(tmp_path):
@@ -86,3 +123,25 @@ def test_test_views_default_to_the_training_augmentation():
     assert trained_with.build().test_augment == AugmentConfig(rotation=7.0)
     unaugmented = build_train_config(glyph_settings(test_views=4), data).model.build()
     assert unaugmented.test_augment.rotation == 8.0  # the method's default transforms
+
+
+def test_methods_without_cached_features_validate_with_one_view_and_keep_their_views(tmp_path, monkeypatch):
+    """Views of a Proto-MAML multiply its backbone passes per validation task: validation uses one view, and the
+    checkpoint keeps the views; a metric method validates with its views (they are cheap on cached features)."""
+    import fewshot.training.trainer as trainer_module
+
+    seen: list[tuple[str, int]] = []
+    evaluate = trainer_module.evaluate
+
+    def recording(model, *args, **kwargs):
+        seen.append((type(model).__name__, model.test_views))
+        return evaluate(model, *args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "evaluate", recording)
+    for method in ("protomaml", "protonet"):
+        settings = glyph_settings(method=method, ways=5, episodes=10, val_every=5, val_episodes=4, test_views=4,
+                                  test_augment="rotation=5,shift=0.05", image_size=16)
+        start_training(settings, tmp_path / method, quiet=True)
+        model, spec = load_model(tmp_path / method)
+        assert (spec.test_views, model.test_views) == (4, 4)
+    assert seen == [("ProtoMAML", 1)] * 2 + [("ProtoNet", 4)] * 2

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -28,9 +30,48 @@ class FewShotMethod(nn.Module):
     #: at once, each through a replica that shares the parameters (:func:`fewshot.utils.map_on_replicas`).
     thread_safe_replicas: bool = False
 
+    #: Test-time augmentation (:meth:`set_test_views`): how many views of each image, and their transforms.
+    test_views: int = 1
+    #: Default test-time transforms: small changes of the kind two people drawing one character make.
+    test_augment: AugmentConfig = AugmentConfig(rotation=8.0, shear=5.0, scale=(0.92, 1.08), shift=0.05)
+
     def __init__(self, backbone: nn.Module) -> None:
         super().__init__()
         self.backbone = backbone
+
+    @property
+    def test_views_unsupported(self) -> str | None:
+        """Why this method cannot average features over test views (``None``: it can)."""
+        return f"{type(self).__name__} has no per-image features to average"
+
+    def set_test_views(self, views: int, augment_config: AugmentConfig | str | None = None) -> None:
+        """Average features over ``views`` views per image at test time (1: none); ``augment_config`` None keeps
+        the current transforms. Refused (``ValueError``) by a method without fixed per-image features."""
+        config = AugmentConfig.from_string(augment_config) if isinstance(augment_config, str) else augment_config
+        config = self.test_augment if config is None else config
+        if views < 1:
+            raise ValueError(f"test views must be at least 1 (got {views})")
+        if views > 1 and not config.enabled:
+            raise ValueError("test-time views need an augmentation, e.g. 'rotation=8,shear=5,scale=0.92:1.08'")
+        if views > 1 and self.test_views_unsupported:
+            raise ValueError(f"test-time views are not available here: {self.test_views_unsupported} (use 1 view)")
+        self.test_views, self.test_augment = int(views), config
+
+    def mean_over_views(self, fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor) -> torch.Tensor:
+        """``fn(images)`` in training or with one view; in eval mode the mean (fp32) of ``fn`` over the images and
+        ``test_views - 1`` transforms of them.
+
+        View ``v`` applies one transform to every image of the batch (a generator seeded 0), so an image's view does
+        not depend on the batch it comes in, and ``fn`` sees the support and the query images of a task transformed
+        alike when they come in one batch.
+        """
+        if self.training or self.test_views == 1:
+            return fn(images)
+        generator = torch.Generator().manual_seed(0)
+        total = full_precision(fn(images))
+        for _ in range(self.test_views - 1):
+            total = total + full_precision(fn(augment(images, self.test_augment, generator, shared=True)))
+        return total / self.test_views
 
     def forward(
         self, support_images: torch.Tensor, support_labels: torch.Tensor, query_images: torch.Tensor
@@ -76,39 +117,20 @@ class MetricMethod(FewShotMethod):
     an image and of ``views - 1`` fixed, seeded transforms of it; in training it is :meth:`embed`.
     """
 
-    test_views: int = 1
-    #: Default test-time transforms: small changes of the kind two people drawing one character make.
-    test_augment: AugmentConfig = AugmentConfig(rotation=8.0, shear=5.0, scale=(0.92, 1.08), shift=0.05)
     #: Whether :meth:`embed` returns unit vectors; the mean of the test views is then normalised again.
     unit_features: bool = False
+    test_views_unsupported = None
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """``[B, C, H, W]`` -> ``[B, D]``."""
         return self.backbone(images)
 
-    def set_test_views(self, views: int, augment_config: AugmentConfig | str | None = None) -> None:
-        """Average ``views`` embeddings per image at test time (1: none); ``augment_config`` None keeps the current."""
-        config = AugmentConfig.from_string(augment_config) if isinstance(augment_config, str) else augment_config
-        config = self.test_augment if config is None else config
-        if views < 1:
-            raise ValueError(f"test views must be at least 1 (got {views})")
-        if views > 1 and not config.enabled:
-            raise ValueError("test-time views need an augmentation, e.g. 'rotation=8,shear=5,scale=0.92:1.08'")
-        self.test_views, self.test_augment = int(views), config
-
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        """What evaluation and prediction compare: :meth:`embed`, averaged over the test views in eval mode.
-
-        View ``v`` applies the same transform to every image (seed 0), so an image's features do not depend on
-        the batch it comes in.
-        """
+        """What evaluation and prediction compare: :meth:`embed`, averaged over the test views in eval mode
+        (:meth:`~FewShotMethod.mean_over_views`)."""
         if self.training or self.test_views == 1:
             return self.embed(images)
-        generator = torch.Generator().manual_seed(0)
-        total = full_precision(self.embed(images))
-        for _ in range(self.test_views - 1):
-            total = total + full_precision(self.embed(augment(images, self.test_augment, generator, shared=True)))
-        mean = total / self.test_views
+        mean = self.mean_over_views(self.embed, images)
         return F.normalize(mean, dim=-1) if self.unit_features else mean
 
     #: Whether :meth:`classify` accepts a leading episode dimension (``[E, N*K, D]`` ...); evaluation then

@@ -102,8 +102,9 @@ class TaskBatchNorm(nn.Module):
     Normalises over every dimension but the channel dimension 1 (``[B, C]``, ``[B, C, L]``, ``[B, C, H, W]`` ...).
     With :attr:`statistics_rows` set to ``n`` (see :func:`configure_batch_norm`) the mean and variance come from the
     first ``n`` items of the batch and are applied to all of them: queries are then normalised with the statistics
-    of the support set, like the support set was during adaptation. That case, and :attr:`composite` (set inside
-    ``vmap``), use plain tensor operations, with the statistics in fp32 under autocast; otherwise the native kernel.
+    of the support set, like the support set was during adaptation. That case goes through the native kernels too
+    (:class:`_RowStatisticsNorm`); with :attr:`composite` (set inside ``vmap``) plain tensor operations are used
+    (:func:`normalize_with_row_statistics`). Statistics are in fp32 under autocast.
 
     Args:
         num_features: channels ``C``; eps: added to the variance; affine: learn a per-channel scale and shift.
@@ -118,22 +119,77 @@ class TaskBatchNorm(nn.Module):
         self.composite = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.statistics_rows is None and not self.composite:
+        if self.composite:
+            return normalize_with_row_statistics(x, self.weight, self.bias, self.statistics_rows, self.eps)
+        if self.statistics_rows is None:
             return F.batch_norm(x, None, None, self.weight, self.bias, training=True, momentum=0.0, eps=self.eps)
-        dims = [0, *range(2, x.dim())]
-        shape = [1, -1] + [1] * (x.dim() - 2)
-        rows = x if self.statistics_rows is None else x[: self.statistics_rows]
-        var, mean = torch.var_mean(full_precision(rows), dim=dims, keepdim=True, correction=0)
-        scale = torch.rsqrt(var + self.eps)
-        if self.weight is not None:
-            scale = scale * self.weight.view(shape)
-        shift = -mean * scale
-        if self.bias is not None:
-            shift = shift + self.bias.view(shape)
-        return x * scale.to(x.dtype) + shift.to(x.dtype)
+        return _RowStatisticsNorm.apply(x, self.weight, self.bias, self.statistics_rows, self.eps)
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}, affine={self.weight is not None}"
+
+
+def normalize_with_row_statistics(
+    x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, rows: int | None, eps: float
+) -> torch.Tensor:
+    """Batch norm of ``x`` ``[B, C, ...]`` with the mean and (biased) variance of its first ``rows`` items (all with
+    ``None``), in plain tensor operations; statistics in fp32 under autocast, the result in ``x``'s dtype."""
+    dims = [0, *range(2, x.dim())]
+    shape = [1, -1] + [1] * (x.dim() - 2)
+    var, mean = torch.var_mean(full_precision(x if rows is None else x[:rows]), dim=dims, keepdim=True, correction=0)
+    scale = torch.rsqrt(var + eps)
+    if weight is not None:
+        scale = scale * weight.view(shape)
+    shift = -mean * scale
+    if bias is not None:
+        shift = shift + bias.view(shape)
+    return x * scale.to(x.dtype) + shift.to(x.dtype)
+
+
+class _RowStatisticsNorm(torch.autograd.Function):
+    """:func:`normalize_with_row_statistics` through the native batch-norm kernels, at about their speed.
+
+    The plain operations cost twice the native batch norm, mostly in the backward of the slice ``x[:rows]``: a
+    zero-filled gradient of the whole batch, added to the other one. Here the forward is the native inference-mode
+    batch norm with the rows' statistics, and the backward its native backward (which treats the statistics as
+    constants) plus their share, added to the rows they come from. Under ``create_graph`` (a double backward) the
+    backward goes through the plain operations instead, so that it is differentiable again.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, rows: int,
+                eps: float) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            var, mean = torch.var_mean(full_precision(x[:rows]), dim=[0, *range(2, x.dim())], correction=0)
+            y = F.batch_norm(x, mean, var, weight, bias, training=False, eps=eps)
+        ctx.save_for_backward(x, weight, bias, mean, var)
+        ctx.rows, ctx.eps = rows, eps
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, weight, bias, mean, var = ctx.saved_tensors
+        rows, eps, needed = ctx.rows, ctx.eps, ctx.needs_input_grad[:3]
+        if torch.is_grad_enabled():
+            inputs = [t for t, need in zip((x, weight, bias), needed, strict=True) if need]
+            y = normalize_with_row_statistics(x, weight, bias, rows, eps)
+            grads = iter(torch.autograd.grad(y, inputs, grad, create_graph=True))
+            return (*(next(grads) if need else None for need in needed), None, None)
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        scale_weight = weight if weight is not None else torch.ones_like(mean)
+        with torch.autocast(x.device.type, enabled=False):
+            grad_x, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
+                grad, x, scale_weight, mean, var, None, None, False, eps, [True, True, True]
+            )
+            # grad_bias = sum(g), grad_weight = sum(g (x - mean)) / std; d mean / d x_i = 1 / count and
+            # d var / d x_i = 2 (x_i - mean) / count for the rows i of the statistics
+            inv_std = torch.rsqrt(var + eps)
+            d_mean = (-grad_bias * scale_weight * inv_std).view(shape)
+            d_var = (-0.5 * grad_weight * scale_weight * inv_std * inv_std).view(shape)
+            count = x[:rows].numel() // x.shape[1]
+            share = (d_mean + 2 * d_var * (full_precision(x[:rows]) - mean.view(shape))) / count
+            grad_x[:rows] += share.to(grad_x.dtype)
+        return grad_x, grad_weight if weight is not None else None, grad_bias if bias is not None else None, None, None
 
 
 def use_task_batch_norm(module: nn.Module) -> nn.Module:

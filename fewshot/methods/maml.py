@@ -28,6 +28,11 @@ queries are in the batch, so a single image can be classified. ``query_statistic
 with their own batch statistics, as the reference code does; that is transductive (the predictions use the whole
 query batch) and needs more than one query.
 
+Test-time views (:meth:`~fewshot.methods.base.FewShotMethod.set_test_views`) need fixed features, so only a
+head-only inner loop (ANIL, Proto-MAML) takes them: in eval mode each view of the task's support and query images
+goes through the backbone (with that view's support statistics), the features are averaged over the views, and the
+head starts and adapts from the mean. MAML and Meta-SGD refuse them.
+
 A meta-batch of tasks can be adapted at once with :func:`torch.func.vmap` when the tasks have equal shapes
 (``vectorize=True``; by default on GPUs only, where it is faster); otherwise, or with gradient checkpointing, the
 tasks go through a Python loop. On a CPU that loop is split over threads (``workers``; by default one per intra-op
@@ -214,6 +219,14 @@ class MAML(FewShotMethod):
             self.head = nn.Linear(dim, 1 if self.shared_head else ways)
 
     @property
+    def test_views_unsupported(self) -> str | None:
+        """Test views average the features of a head-only inner loop (ANIL, Proto-MAML); a backbone that adapts
+        per task has no fixed features to average."""
+        if self.adapt_body:
+            return f"{type(self).__name__} adapts its backbone to each task, so its features are not fixed"
+        return None
+
+    @property
     def bf16_training_safe(self) -> bool:
         """Not with several second-order inner steps: each one multiplies bf16's rounding, so the meta-gradient of
         5 steps is as far from the float64 one as it is long (relative error 1.0; 0.36 with one step, which trains
@@ -282,10 +295,16 @@ class MAML(FewShotMethod):
                         support_features = self.backbone(support_images).flatten(1)
             else:
                 network = _Network(nn.Identity(), self.head)
+                n = support_images.shape[0]
+
+                def task_features(images: torch.Tensor) -> torch.Tensor:
+                    support, query = self._support_and_query(lambda x: self.backbone(x).flatten(1), images[:n],
+                                                             images[n:])
+                    return torch.cat([support, query])
+
                 with torch.set_grad_enabled(differentiable):
-                    support_features, query_features = self._support_and_query(
-                        lambda x: self.backbone(x).flatten(1), support_images, query_images
-                    )
+                    features = self.mean_over_views(task_features, torch.cat([support_images, query_images]))
+                support_features, query_features = features[:n], features[n:]
                 inputs, weights = support_features, {}
             head = self.initial_head(support_features, support_labels, ways)
             weights = prepare({**weights, **{f"head.{k}": v for k, v in head.items()}})

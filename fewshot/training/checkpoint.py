@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from fewshot.backbones import make_backbone
-from fewshot.methods import FewShotMethod, MetricMethod, make_method
+from fewshot.methods import FewShotMethod, make_method
 from fewshot.utils import atomic_torch_save
 
 FORMAT = "fewshot-checkpoint/1"
@@ -29,9 +29,9 @@ class ModelSpec:
         image_shape: ``(C, H, W)`` the model was trained on.
         invert: whether images were inverted (``1 - pixel``) on loading, as Omniglot is (ink = 1); a user's
             black-on-white images are inverted the same way before prediction.
-        test_views / test_augment: test-time augmentation of metric methods (``MetricMethod.set_test_views``):
-            embeddings averaged over ``test_views`` seeded transforms drawn from ``test_augment`` (None: the
-            method's default transforms).
+        test_views / test_augment: test-time augmentation (``FewShotMethod.set_test_views``; metric methods and
+            head-only optimization methods): features averaged over ``test_views`` seeded transforms drawn from
+            ``test_augment`` (None: the method's default transforms).
         temperature: probabilities are ``softmax(logits / temperature)``; 1 unless fitted by ``fewshot calibrate``
             (:func:`fewshot.evaluation.calibration.fit_temperature`). It never changes a prediction.
     """
@@ -50,8 +50,6 @@ class ModelSpec:
         backbone = make_backbone(self.backbone, in_channels=self.image_shape[0], **self.backbone_options)
         model = make_method(self.method, backbone, **self.method_options)
         if self.test_views > 1:
-            if not isinstance(model, MetricMethod):
-                raise ValueError(f"test-time views work with metric methods; {self.method} is not one (use 1 view)")
             model.set_test_views(self.test_views, self.test_augment)
         return model
 

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from fewshot.data import FewShotDataset, Task, TaskSampler, build_task
 from fewshot.data.augment import AugmentConfig, augment_task
 from fewshot.evaluation.evaluate import evaluate, fit_model_temperature
+from fewshot.methods import MetricMethod
 from fewshot.training.checkpoint import ModelSpec, load_state, read_checkpoint, save_checkpoint
 from fewshot.utils import atomic_torch_save, atomic_write_text, autocast, resolve_device, seed_everything
 
@@ -211,8 +212,17 @@ class Trainer:
     def validate(self) -> tuple[float, float] | tuple[None, None]:
         if self.val_set is None or self.val_specs is None:
             return None, None
-        # Always full precision: model selection should not depend on the speed options of training.
-        result = evaluate(self.model, self.val_set, 0, 0, specs=self.val_specs, device=self.device)
+        # A metric method embeds the validation images once, so its test views cost little; any other method
+        # (ANIL, Proto-MAML) would run its backbone once per view of every task, several times the training time
+        # between two checks: it is validated with one view and takes its views after training.
+        views = self.model.test_views
+        if not isinstance(self.model, MetricMethod):
+            self.model.test_views = 1
+        try:
+            # Always full precision: model selection should not depend on the speed options of training.
+            result = evaluate(self.model, self.val_set, 0, 0, specs=self.val_specs, device=self.device)
+        finally:
+            self.model.test_views = views
         return result.accuracy, result.ci95
 
     def log(self, lr: float) -> dict:
