@@ -48,6 +48,11 @@ declare -A VARIANTS=(
   # Proto-MAML as its recipe stood until session 9 (pairs of 20-way tasks, no augmentation), and trained like
   # omniglot-protonet (60-way, mirrored classes, elastic distortion, one task per step): its recipe since session 10
   [T0_protomaml]="protomaml --augment none --no-flips --ways 20 --meta-batch 2"
+  # Ink centring (the centre of mass of each image moved to its centre, --backbone-options centre=True)
+  [ZC_flips_centre]="protonet --augment $AFFINE,elastic=1.5:4 --flips --backbone-options centre=True"
+  # Anti-aliased pooling (max over 2x2 at stride 1, then a binomial blur at stride 2), and average pooling
+  [ZB_flips_blurpool]="protonet --augment $AFFINE,elastic=1.5:4 --flips --backbone-options pooling=blur"
+  [ZA_flips_avgpool]="protonet --augment $AFFINE,elastic=1.5:4 --flips --backbone-options pooling=avg"
   [T1_protomaml_protonet_training]="protomaml --augment $AFFINE,elastic=1.5:4 --flips --ways 60 --meta-batch 1"
 )
 names=("$@")
