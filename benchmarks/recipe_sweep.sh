@@ -9,7 +9,7 @@
 #   VAL=Sanskrit OUT=runs/sweep_sanskrit bash benchmarks/recipe_sweep.sh A_base D_elastic  # another validation alphabet
 #   SEED=1 VAL=Sanskrit OUT=runs/sweep_sanskrit_seed1 bash benchmarks/recipe_sweep.sh Z_el_flips  # another seed
 # Variants start from the current recipe; all but Z and N say --no-flips to stay what they were before mirrored
-# classes joined the protonet and memorynet recipes.
+# classes joined the protonet and memorynet recipes, and the protonet ones but ZW* keep the 64-channel Conv-4.
 set -euo pipefail
 ROOT=${ROOT:-../shared/data/omniglot}
 OUT=${OUT:-runs/sweep}
@@ -17,43 +17,49 @@ BUDGET=${BUDGET:-600}
 VAL=${VAL:-Early_Aramaic}
 SEED=${SEED:-0}
 AFFINE=rotation=10,shear=5,scale=0.9:1.1,shift=0.08
+WIDTH64="--backbone-options hidden=64"  # the Conv-4 of the protonet recipe until session 11 (ZW*: the narrower one)
 declare -A VARIANTS=(
-  [A_base]="protonet --augment $AFFINE --no-flips"
-  [B_within]="protonet --augment $AFFINE --within-alphabet --no-flips"
-  [C_size40]="protonet --augment $AFFINE --image-size 40 --no-flips"
-  [D_elastic]="protonet --augment $AFFINE,elastic=1.5:4 --no-flips"
-  [E_el15_within]="protonet --augment $AFFINE,elastic=1.5:4 --within-alphabet --no-flips"
-  [F_el3]="protonet --augment $AFFINE,elastic=3:4 --no-flips"
-  [G_el_lr2]="protonet --augment $AFFINE,elastic=1.5:4 --lr 2e-3 --no-flips"
-  [H_el_q2]="protonet --augment $AFFINE,elastic=1.5:4 --queries 2 --no-flips"
-  [I_el_pools3]="protonet --augment $AFFINE,elastic=1.5:4 --backbone-options pools=3 --no-flips"
-  [J_el2]="protonet --augment $AFFINE,elastic=2:4 --no-flips"
+  [A_base]="protonet --augment $AFFINE --no-flips $WIDTH64"
+  [B_within]="protonet --augment $AFFINE --within-alphabet --no-flips $WIDTH64"
+  [C_size40]="protonet --augment $AFFINE --image-size 40 --no-flips $WIDTH64"
+  [D_elastic]="protonet --augment $AFFINE,elastic=1.5:4 --no-flips $WIDTH64"
+  [E_el15_within]="protonet --augment $AFFINE,elastic=1.5:4 --within-alphabet --no-flips $WIDTH64"
+  [F_el3]="protonet --augment $AFFINE,elastic=3:4 --no-flips $WIDTH64"
+  [G_el_lr2]="protonet --augment $AFFINE,elastic=1.5:4 --lr 2e-3 --no-flips $WIDTH64"
+  [H_el_q2]="protonet --augment $AFFINE,elastic=1.5:4 --queries 2 --no-flips $WIDTH64"
+  [I_el_pools3]="protonet --augment $AFFINE,elastic=1.5:4 --backbone-options pools=3,hidden=64 --no-flips"
+  [J_el2]="protonet --augment $AFFINE,elastic=2:4 --no-flips $WIDTH64"
   [S_siamese_el]="siamese --augment $AFFINE,elastic=1.5:4"
   [M_memorynet_el]="memorynet --augment $AFFINE,elastic=1.5:4 --no-flips"
   [R_relationnet_el]="relationnet --augment $AFFINE,elastic=1.5:4"
   [X_matchingnet_el]="matchingnet --augment $AFFINE,elastic=1.5:4"
   [K_el_wide96]="protonet --augment $AFFINE,elastic=1.5:4 --backbone-options hidden=96 --no-flips"
-  [L_el_cosine]="protonet --augment $AFFINE,elastic=1.5:4 --method-options distance=cosine --no-flips"
+  [L_el_cosine]="protonet --augment $AFFINE,elastic=1.5:4 --method-options distance=cosine --no-flips $WIDTH64"
   [P_maml_fp32]="maml --precision fp32"
   [Q_maml_bf16]="maml --precision bf16"
   [U_maml_shared]="maml --method-options inner_steps=1,inner_lr=0.1,test_inner_steps=3,shared_head=True"
-  [Z_el_flips]="protonet --augment $AFFINE,elastic=1.5:4 --flips"
+  [Z_el_flips]="protonet --augment $AFFINE,elastic=1.5:4 --flips $WIDTH64"
   [N_memorynet_el_flips]="memorynet --augment $AFFINE,elastic=1.5:4 --flips"
-  [Z2_flips_shift12]="protonet --augment rotation=10,shear=5,scale=0.9:1.1,shift=0.12,elastic=1.5:4 --flips"
-  [Z3_flips_wide_affine]="protonet --augment rotation=10,shear=5,scale=0.85:1.15,shift=0.12,elastic=1.5:4 --flips"
+  [Z2_flips_shift12]="protonet --augment rotation=10,shear=5,scale=0.9:1.1,shift=0.12,elastic=1.5:4 --flips $WIDTH64"
+  [Z3_flips_wide_affine]="protonet --augment rotation=10,shear=5,scale=0.85:1.15,shift=0.12,elastic=1.5:4 --flips $WIDTH64"
   # Z4_flips_splices242 and Z5_flips_splices968 (--splices 242 / 968, spliced characters) ran at commit de9d3d1
-  [Z6_flips_size40]="protonet --augment $AFFINE,elastic=2.1:5.7 --flips --image-size 40"  # elastic scaled with the image
-  [Z7_flips_size32]="protonet --augment $AFFINE,elastic=1.7:4.6 --flips --image-size 32"
+  [Z6_flips_size40]="protonet --augment $AFFINE,elastic=2.1:5.7 --flips --image-size 40 $WIDTH64"  # elastic scaled with the image
+  [Z7_flips_size32]="protonet --augment $AFFINE,elastic=1.7:4.6 --flips --image-size 32 $WIDTH64"
   [V_metasgd_shared]="metasgd --method-options inner_steps=1,inner_lr=0.1,test_inner_steps=3,shared_head=True"
   # Proto-MAML as its recipe stood until session 9 (pairs of 20-way tasks, no augmentation), and trained like
   # omniglot-protonet (60-way, mirrored classes, elastic distortion, one task per step): its recipe since session 10
   [T0_protomaml]="protomaml --augment none --no-flips --ways 20 --meta-batch 2"
-  # Ink centring (the centre of mass of each image moved to its centre, --backbone-options centre=True)
-  [ZC_flips_centre]="protonet --augment $AFFINE,elastic=1.5:4 --flips --backbone-options centre=True"
-  # Anti-aliased pooling (max over 2x2 at stride 1, then a binomial blur at stride 2), and average pooling
-  [ZB_flips_blurpool]="protonet --augment $AFFINE,elastic=1.5:4 --flips --backbone-options pooling=blur"
-  [ZA_flips_avgpool]="protonet --augment $AFFINE,elastic=1.5:4 --flips --backbone-options pooling=avg"
+  # ZC_flips_centre (ink centring, --backbone-options centre=True) and ZB_flips_blurpool (anti-aliased max-blur
+  # pooling, pooling=blur) ran at commit efcfc75; average pooling:
+  [ZA_flips_avgpool]="protonet --augment $AFFINE,elastic=1.5:4 --flips --backbone-options pooling=avg,hidden=64"
+  # Narrower first block (half the cost of a step), and wider last blocks on top of it
+  [ZW_flips_first32]="protonet --augment $AFFINE,elastic=1.5:4 --flips --backbone-options hidden=(32,64,64,64)"
+  [ZW2_flips_32_64_96_128]="protonet --augment $AFFINE,elastic=1.5:4 --flips --backbone-options hidden=(32,64,96,128)"
+  [ZW3_flips_first16]="protonet --augment $AFFINE,elastic=1.5:4 --flips --backbone-options hidden=(16,64,64,64)"
+  [ZW4_flips_16_32_64_64]="protonet --augment $AFFINE,elastic=1.5:4 --flips --backbone-options hidden=(16,32,64,64)"
   [T1_protomaml_protonet_training]="protomaml --augment $AFFINE,elastic=1.5:4 --flips --ways 60 --meta-batch 1"
+  # The narrower first block for the memory meta-net (its recipe plus it)
+  [NW_memorynet_first32]="memorynet --augment $AFFINE,elastic=1.5:4 --flips --backbone-options hidden=(32,64,64,64)"
 )
 names=("$@")
 [ ${#names[@]} -gt 0 ] || names=(A_base B_within C_size40 D_elastic E_el15_within F_el3 G_el_lr2 H_el_q2 I_el_pools3 J_el2

@@ -43,15 +43,17 @@ DATA_KEYS = ("dataset", "root", "split", "image_size", "rotations", "flips", "va
 
 
 def parse_options(value: str | dict | None) -> dict[str, Any]:
-    """``"margin=0.5,loss=triplet"`` -> ``{"margin": 0.5, "loss": "triplet"}`` (values read as Python literals)."""
+    """``"margin=0.5,loss=triplet"`` -> ``{"margin": 0.5, "loss": "triplet"}`` (values read as Python literals;
+    commas inside brackets belong to the value: ``"hidden=(32,64,64,64)"``)."""
     if not value:
         return {}
     if isinstance(value, dict):
         return dict(value)
     import ast
+    import re
 
     options: dict[str, Any] = {}
-    for item in value.split(","):
+    for item in re.split(r",(?![^()\[\]]*[)\]])", value):
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise DataError(f"bad option {item!r}: write key=value pairs separated by commas, e.g. margin=0.5")

@@ -1,43 +1,34 @@
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from fewshot.backbones import make_backbone
-from fewshot.backbones.centring import centre_ink, centre_of_mass
+from fewshot.commands import parse_options
 
 
-def blob_image(y: int, x: int, size: int = 28) -> torch.Tensor:
-    """``[1, 1, size, size]`` with an asymmetric L-shaped stroke whose corner is at (y, x)."""
-    image = torch.zeros(1, 1, size, size)
-    image[0, 0, y:y + 6, x] = 1.0
-    image[0, 0, y + 5, x:x + 4] = 0.5
-    return image
+def test_conv4_takes_one_width_per_block_from_the_command_line_syntax() -> None:
+    backbone = make_backbone("conv4", **parse_options("hidden=(16,24,32,40)"))
+    widths = [m.out_channels for m in backbone.modules() if isinstance(m, nn.Conv2d)]
+    assert widths == [16, 24, 32, 40]
+    assert backbone(torch.rand(2, 1, 28, 28)).shape == (2, 40)  # 28 -> 14 -> 7 -> 3 -> 1
 
 
-def test_centring_moves_the_centre_of_mass_to_the_middle_and_keeps_the_ink() -> None:
-    images = torch.cat([blob_image(3, 4), blob_image(15, 17), blob_image(9, 12)])
-    centred = centre_ink(images)
-    assert torch.allclose(centre_of_mass(centred), torch.full((3, 2), 13.5), atol=1e-4)
-    assert torch.allclose(centred.sum((1, 2, 3)), images.sum((1, 2, 3)), atol=1e-4)  # nothing pushed out
-    assert not torch.allclose(centre_of_mass(images), torch.full((3, 2), 13.5), atol=1.0)
-
-
-def test_centring_leaves_a_blank_image_blank() -> None:
-    assert torch.equal(centre_ink(torch.zeros(2, 1, 28, 28)), torch.zeros(2, 1, 28, 28))
-
-
-def test_a_centring_backbone_gives_the_same_features_wherever_the_character_is_drawn() -> None:
+def test_conv4_average_pooling_pools_each_block_by_the_mean() -> None:
     torch.manual_seed(0)
-    images = torch.cat([blob_image(3, 4), blob_image(15, 17)])  # the same stroke, shifted by (12, 13) pixels
-    centring = make_backbone("conv4", centre=True).eval()
-    plain = make_backbone("conv4").eval()
-    plain.load_state_dict(centring.state_dict())
+    backbone = make_backbone("conv4", hidden=8, pooling="avg").eval()
+    images = torch.rand(3, 1, 28, 28)
+    x = images
+    for block in backbone.blocks:
+        conv, norm = block[0], block[1]
+        x = F.avg_pool2d(F.relu(norm(conv(x))), 2)
     with torch.no_grad():
-        features, plain_features = centring(images), plain(images)
-    assert torch.allclose(features[0], features[1], atol=1e-5)
-    assert not torch.allclose(plain_features[0], plain_features[1], atol=1e-2)
+        assert torch.allclose(backbone(images), x.flatten(1), atol=1e-6)
+        max_pooled = make_backbone("conv4", hidden=8).eval()
+        max_pooled.load_state_dict(backbone.state_dict())  # same parameters, other pooling: other features
+        assert not torch.allclose(max_pooled(images), backbone(images), atol=1e-3)
 
 
-@pytest.mark.parametrize("name", ["conv4", "resnet12"])
-def test_centring_is_an_option_of_the_backbone(name: str) -> None:
-    assert make_backbone(name, centre=True).centring is not None
-    assert make_backbone(name).centring is None
+def test_conv4_refuses_an_unknown_pooling_by_name() -> None:
+    with pytest.raises(ValueError, match="unknown pooling 'median'; choose one of max, avg"):
+        make_backbone("conv4", pooling="median")

@@ -229,11 +229,25 @@ def test_method_options_given_with_a_recipe_add_to_its_own():
     assert options("--recipe", "omniglot-maml")["shared_head"] is True
 
 
+def test_backbone_options_given_with_a_recipe_replace_its_own_key_by_key():
+    from fewshot.cli import build_parser
+    from fewshot.commands import resolve_train_settings
+
+    def options(*argv: str) -> dict:
+        settings = resolve_train_settings(build_parser().parse_args(["train", *argv, "--out", "x"]))
+        return parse_options(settings["backbone_options"])
+
+    assert options("--recipe", "omniglot-protonet") == {"hidden": (32, 64, 64, 64)}
+    assert options("--recipe", "omniglot-protonet", "--backbone-options", "hidden=64,pooling=avg") == {
+        "hidden": 64, "pooling": "avg"}
+
+
 def test_method_options_are_parsed():
     from fewshot.commands import parse_options
     from fewshot.data import DataError
 
     assert parse_options("margin=0.5,loss=triplet,fce=True") == {"margin": 0.5, "loss": "triplet", "fce": True}
+    assert parse_options("hidden=(32,64,64,64),pooling=avg") == {"hidden": (32, 64, 64, 64), "pooling": "avg"}
     with pytest.raises(DataError, match="key=value"):
         parse_options("margin")
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fewshot.backbones.centring import InkCentring
-
 
 class ResidualBlock(nn.Module):
     """Three conv-BN-LeakyReLU layers, a 1x1 projection shortcut, then 2x2 max-pooling."""
@@ -38,22 +36,16 @@ class ResNet12(nn.Module):
         in_channels: image channels.
         widths: channels of the four blocks; (64, 160, 320, 640) in the literature, smaller for CPUs.
         flatten: pool and flatten (default); ``False`` keeps the last feature maps.
-        centre: first move each image's ink so that its centre of mass is at the centre (``InkCentring``;
-            ink-on-paper images such as Omniglot only).
     """
 
     def __init__(
-        self, in_channels: int = 1, widths: tuple[int, ...] = (64, 160, 320, 640), flatten: bool = True,
-        centre: bool = False,
+        self, in_channels: int = 1, widths: tuple[int, ...] = (64, 160, 320, 640), flatten: bool = True
     ) -> None:
         super().__init__()
         channels = [in_channels, *widths]
         self.blocks = nn.Sequential(*[ResidualBlock(channels[i], channels[i + 1]) for i in range(len(widths))])
-        self.centring = InkCentring() if centre else None
         self.flatten = flatten
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if self.centring is not None:
-            images = self.centring(images)
         features = self.blocks(images)
         return features.mean(dim=(2, 3)) if self.flatten else features
