@@ -58,8 +58,9 @@ declare -A VARIANTS=(
   [ZW3_flips_first16]="protonet --augment $AFFINE,elastic=1.5:4 --flips --backbone-options hidden=(16,64,64,64)"
   [ZW4_flips_16_32_64_64]="protonet --augment $AFFINE,elastic=1.5:4 --flips --backbone-options hidden=(16,32,64,64)"
   [T1_protomaml_protonet_training]="protomaml --augment $AFFINE,elastic=1.5:4 --flips --ways 60 --meta-batch 1"
-  # The narrower first block for the memory meta-net (its recipe plus it)
+  # The narrower first block for the memory meta-net and Proto-MAML (their recipes plus it)
   [NW_memorynet_first32]="memorynet --augment $AFFINE,elastic=1.5:4 --flips --backbone-options hidden=(32,64,64,64)"
+  [TW_protomaml_first32]="protomaml --augment $AFFINE,elastic=1.5:4 --flips --ways 60 --meta-batch 1 --backbone-options hidden=(32,64,64,64)"
 )
 names=("$@")
 [ ${#names[@]} -gt 0 ] || names=(A_base B_within C_size40 D_elastic E_el15_within F_el3 G_el_lr2 H_el_q2 I_el_pools3 J_el2
