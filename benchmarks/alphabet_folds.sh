@@ -12,12 +12,20 @@
 # settings works: fold F1 is leave_alphabets_out.sh's split).
 #   VIEWS=1 TAG=protomaml-1view ... alphabet_folds.sh protomaml   # evaluate with that many test views instead of
 #                                   the checkpoint's, into OUT/TAG_FOLD_ALPHABET_WAYSw.json (TAG: the method)
+#   FLAGS="--backbone-options hidden=(32,64,64,64)" TAG=memorynet-w32 ... alphabet_folds.sh memorynet
+#                                   # a variant of the recipe: extra training flags, run folders OUT/TAG_FOLD
 set -euo pipefail
 ROOT=${ROOT:-../shared/data/omniglot}
 BUDGET=${BUDGET:-600}
 OUT=${OUT:-runs/folds}
 method=$1; shift
 TAG=${TAG:-$method}
+FLAGS=${FLAGS:-}
+run_name=$method
+if [ -n "$FLAGS" ]; then
+  [ "$TAG" != "$method" ] || { echo "FLAGS make a variant of the recipe: give it its own TAG" >&2; exit 2; }
+  run_name=$TAG
+fi
 views=()
 [ -n "${VIEWS:-}" ] && views=(--test-views "$VIEWS")
 declare -A FOLDS=(  # held-out alphabets : validation alphabet
@@ -31,9 +39,11 @@ names=("$@")
 mkdir -p "$OUT"
 for fold in "${names[@]}"; do
   holdout=${FOLDS[$fold]%%:*} val=${FOLDS[$fold]##*:}
-  run="$OUT/${method}_${fold}"
+  run="$OUT/${run_name}_${fold}"
+  # shellcheck disable=SC2086
   [ -f "$run/best.pt" ] || fewshot train --recipe "omniglot-$method" --root "$ROOT" --split minimal \
-      --holdout-alphabets "$holdout" --val-alphabets "$val" --time-budget "$BUDGET" --seed 0 --out "$run" --quiet
+      --holdout-alphabets "$holdout" --val-alphabets "$val" --time-budget "$BUDGET" --seed 0 --out "$run" --quiet \
+      $FLAGS
   IFS=, read -ra alphabets <<< "$holdout"
   for alphabet in "${alphabets[@]}"; do
     for ways in 20 5; do

@@ -61,6 +61,14 @@ declare -A VARIANTS=(
   # The narrower first block for the memory meta-net and Proto-MAML (their recipes plus it)
   [NW_memorynet_first32]="memorynet --augment $AFFINE,elastic=1.5:4 --flips --backbone-options hidden=(32,64,64,64)"
   [TW_protomaml_first32]="protomaml --augment $AFFINE,elastic=1.5:4 --flips --ways 60 --meta-batch 1 --backbone-options hidden=(32,64,64,64)"
+  # Issue 4's recipes as they stand (S0, X0, R0) and with ProtoNet's session-11 training: mirrored classes and the
+  # narrower first block (matching networks also 60-way, as ProtoNet)
+  [S0_siamese]="siamese"
+  [SW_siamese_flips_first32]="siamese --flips --backbone-options hidden=(32,64,64,64)"
+  [X0_matchingnet]="matchingnet"
+  [XW_matchingnet_60way_flips_first32]="matchingnet --ways 60 --flips --backbone-options hidden=(32,64,64,64)"
+  [R0_relationnet]="relationnet"
+  [RW_relationnet_flips_first32]="relationnet --flips --backbone-options hidden=(32,64,64,64)"
 )
 names=("$@")
 [ ${#names[@]} -gt 0 ] || names=(A_base B_within C_size40 D_elastic E_el15_within F_el3 G_el_lr2 H_el_q2 I_el_pools3 J_el2

@@ -66,6 +66,30 @@ def test_fitted_temperature_minimises_evaluation_nll_without_changing_accuracy()
     assert results[temperature].ece < plain.ece
 
 
+class _Backwards(ProtoNet):
+    """Raw-pixel ProtoNet whose logits are negated: the nearest prototype gets the lowest score."""
+
+    def classify(self, *args: torch.Tensor) -> torch.Tensor:
+        return -super().classify(*args)
+
+
+class _Blind(torch.nn.Module):
+    """The same feature for every image."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return images.new_zeros(len(images), 4)
+
+
+@pytest.mark.parametrize(("model", "message"), [
+    (_Backwards(torch.nn.Flatten()), "worse than chance"),
+    (ProtoNet(_Blind()), "the same for every class"),
+])
+def test_a_temperature_fit_that_runs_into_a_bound_says_why(model, message):
+    data = load_dataset("glyphs", split="evaluation", glyph_classes=30)
+    fit = fit_model_temperature(model, data, TaskSampler(data, 5, 1, 3, 50, seed=4).specs(), current=1.5)
+    assert fit["temperature"] == 1.5 and message in fit["failed"]
+
+
 def test_predict_reports_probabilities_at_the_checkpoint_temperature(folders):  # noqa: F811
     model = ProtoNet(torch.nn.Flatten())
     plain = predict(model, SPEC, folders / "support", [folders / "query"])

@@ -195,6 +195,17 @@ def episode_logits(
             bar.close()
 
 
+def _why_no_temperature(temperature: float, logits: list[torch.Tensor], labels: list[torch.Tensor]) -> str:
+    """Why :func:`fit_temperature` ran into a bound on these logits ``[..., N]`` and labels ``[...]``."""
+    if temperature > 1:  # the NLL keeps falling as the probabilities flatten
+        return ("the logits tell the classes apart worse than chance on these episodes (an untrained or broken "
+                "model?); check the checkpoint's accuracy first")
+    if all(bool((x.argmax(-1) == y).all()) for x, y in zip(logits, labels, strict=True)):
+        return "these episodes cannot pin it down (every query right); calibrate on more or harder episodes"
+    return ("the logits do not depend on the temperature (the same for every class?); check that the model's "
+            "features differ between images")
+
+
 def fit_model_temperature(
     model: FewShotMethod, dataset: FewShotDataset, specs: Sequence[TaskSpec], device: str | torch.device = "cpu",
     precision: str = "fp32", current: float = 1.0, progress: bool = False,
@@ -212,8 +223,7 @@ def fit_model_temperature(
     temperature = fit_temperature(logits, labels)
     failed = None
     if not TEMPERATURE_BOUNDS[0] * 1.05 < temperature < TEMPERATURE_BOUNDS[1] / 1.05:  # at a bound
-        failed = (f"the temperature ran to {temperature:.3g}: these episodes cannot pin it down (every query right?); "
-                  "calibrate on more or harder episodes")
+        failed = f"the temperature ran to {temperature:.3g}: {_why_no_temperature(temperature, logits, labels)}"
         temperature = current
 
     def scores(t: float) -> dict[str, float]:
