@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import ctypes
+import functools
 import itertools
 import os
 import random
@@ -114,6 +116,69 @@ def default_precision(device: torch.device) -> str:
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
     return "bf16" if cpu_supports_bf16() else "fp32"
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``, or ``None`` where the C library has none (macOS, musl, Windows)."""
+    try:
+        return getattr(ctypes.CDLL(None), "malloc_trim", None)
+    except (OSError, TypeError):  # no C library to open by name None (Windows)
+        return None
+
+
+def release_free_memory() -> bool:
+    """Return the C heap's free pages to the operating system; whether this platform could (glibc only)."""
+    trim = _malloc_trim()
+    if trim is None:
+        return False
+    trim(0)
+    return True
+
+
+def resident_memory_mb() -> float | None:
+    """This process's resident memory in MiB (Linux), else ``None``."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+class HeapTrimmer:
+    """Releases the C heap's free pages whenever resident memory has grown by ``slack_mb`` since the last release.
+
+    Why: tensors of a few to a few tens of MB allocated and freed task after task (a relation network's pair maps,
+    about 25 MB per 20-way task) come from glibc's heap once its adaptive mmap threshold has risen, and small
+    tensors that outlive a task can keep the freed space from going back. On some runs, 300 validation tasks of a
+    relation network then took the resident memory from 0.9 to 3.7 GB. Releasing on every task would cost 15% of
+    the evaluation time (the pages are faulted in again); releasing on growth costs nothing where the heap does not
+    grow, and bounds it where it does.
+
+    Args:
+        slack_mb: growth that triggers a release.
+        resident: the resident-memory reading (for tests); release: what releases (for tests).
+    """
+
+    def __init__(
+        self, slack_mb: float = 256.0, resident: Callable[[], float | None] = resident_memory_mb,
+        release: Callable[[], bool] = release_free_memory,
+    ) -> None:
+        self.slack_mb, self.resident, self.release = slack_mb, resident, release
+        self.baseline = resident()
+        self.releases = 0  # how many releases succeeded
+
+    def step(self) -> None:
+        """Read the resident memory; release the free pages if it has grown by more than the slack."""
+        now = self.resident()
+        if now is None:
+            return
+        if self.baseline is None or now < self.baseline:
+            self.baseline = now
+        elif now - self.baseline > self.slack_mb:
+            self.releases += self.release()
+            after = self.resident()
+            self.baseline = now if after is None else after  # what a release leaves is in use
 
 
 # -- work split over threads -------------------------------------------------------------------------

@@ -9,10 +9,14 @@ import pytest
 import torch
 from sklearn.metrics import precision_recall_fscore_support
 
+from fewshot.backbones import Conv4
 from fewshot.data.lake_runs import load_lake_runs, write_lake_runs
 from fewshot.evaluation.evaluate import evaluate, evaluate_tasks
 from fewshot.evaluation.metrics import episode_scores, mean_and_ci95
 from fewshot.methods import ProtoNet
+from fewshot.methods.relationnet import RelationNet
+from fewshot.utils import HeapTrimmer
+from tests.helpers import blob_dataset
 
 
 def test_episode_scores_match_scikit_learn():
@@ -46,6 +50,73 @@ def test_evaluation_is_seeded_and_reports_fractions():
     assert 0.2 < a.accuracy <= 1 and 0 < a.ci95 < 0.2 and a.episodes == 50
     assert {"accuracy", "ci95", "episodes", "ways", "shots", "precision_macro", "recall_macro",
             "f1_macro"} <= set(a.summary())
+
+
+def test_task_by_task_evaluation_checks_its_memory_after_every_task(monkeypatch):
+    import fewshot.evaluation.evaluate as evaluation
+
+    steps = []
+
+    class Counting(HeapTrimmer):
+        def step(self) -> None:
+            steps.append(True)
+            super().step()
+
+    monkeypatch.setattr(evaluation, "HeapTrimmer", Counting)
+    model = RelationNet(Conv4(hidden=8), channels=8)  # no batched classify: one task at a time
+    evaluate(model, blob_dataset(), 3, 1, queries=2, episodes=25, seed=0)
+    assert len(steps) == 25
+
+
+def test_heap_trimmer_releases_only_after_the_slack_is_used_up():
+    readings = iter([1000, 1100, 1250, 1300, 1050, 1300, 1320, 1200, 1460, 1460, 1500])
+    released = []
+    trimmer = HeapTrimmer(slack_mb=256, resident=lambda: next(readings), release=lambda: released.append(1) or True)
+    trimmer.step()
+    trimmer.step()  # 1100, 1250: within 256 of 1000
+    assert trimmer.releases == 0
+    trimmer.step()  # 1300: released, and 1050 after it is the new baseline
+    assert trimmer.releases == 1 and trimmer.baseline == 1050
+    trimmer.step()  # 1300: within the slack of 1050
+    trimmer.step()  # 1320: released; the 1200 that stays is in use
+    assert trimmer.releases == 2 and trimmer.baseline == 1200
+    trimmer.step()  # 1460: released; nothing comes back
+    trimmer.step()  # 1500: within the slack of 1460
+    assert trimmer.releases == 3 == len(released) and trimmer.baseline == 1460
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim")
+def test_release_free_memory_returns_heap_pages_that_free_keeps():
+    # Blocks below a fixed mmap threshold come from the heap; a block after each (too big to fit in any free space
+    # left by the import of torch) keeps free() from shrinking it, so freeing the 1 MB blocks leaves the resident
+    # memory where it was until the pages are released.
+    script = """
+import ctypes, sys
+from fewshot.utils import release_free_memory
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.malloc.argtypes = [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+libc.mallopt(-3, 16 << 20)  # M_MMAP_THRESHOLD: 16 MB, so 1 MB blocks come from the heap
+def resident_mb():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
+blocks, pins = [], []
+for _ in range(100):
+    blocks.append(libc.malloc(1 << 20))
+    ctypes.memset(blocks[-1], 1, 1 << 20)
+    pins.append(libc.malloc(256 << 10))
+for block in blocks:
+    libc.free(block)
+freed = resident_mb()
+if not release_free_memory():
+    sys.exit(3)
+print(freed - resident_mb())
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    if result.returncode == 3:
+        pytest.skip("this C library has no malloc_trim")
+    assert result.returncode == 0, result.stderr
+    assert float(result.stdout) > 50  # of the 100 MB freed
 
 
 def test_confused_pairs_name_the_look_alike_classes():

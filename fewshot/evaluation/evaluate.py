@@ -22,7 +22,14 @@ from fewshot.evaluation.calibration import (
 )
 from fewshot.evaluation.metrics import batched_episode_scores, mean_and_ci95, mean_and_t_ci95
 from fewshot.methods import FewShotMethod, MetricMethod
-from fewshot.utils import atomic_write_text, autocast, cpu_workers, eval_mode, map_on_replicas
+from fewshot.utils import (
+    HeapTrimmer,
+    atomic_write_text,
+    autocast,
+    cpu_workers,
+    eval_mode,
+    map_on_replicas,
+)
 
 
 @dataclass
@@ -173,6 +180,12 @@ def episode_logits(
     """
     device = torch.device(device)
     bar = tqdm(total=len(specs), desc="evaluating", unit="ep", leave=False, disable=not progress)
+    heap = HeapTrimmer()  # task-by-task evaluation can grow glibc's heap by GBs (its docstring says how)
+
+    def done(episodes: int) -> None:
+        bar.update(episodes)
+        heap.step()
+
     with eval_mode(model):
         try:
             if isinstance(model, MetricMethod):
@@ -182,7 +195,7 @@ def episode_logits(
                 for start in range(0, len(specs), chunk):
                     batch = specs[start : start + chunk]
                     yield _logits_cached(model, features, batch, device).cpu()
-                    bar.update(len(batch))
+                    done(len(batch))
             else:
                 workers = cpu_workers(device, len(specs)) if getattr(model, "thread_safe_replicas", False) else 1
                 block = 8 * workers if workers > 1 else 1
@@ -190,7 +203,7 @@ def episode_logits(
                     tasks = [build_task(dataset, spec) for spec in specs[start : start + block]]
                     for logits in _tasks_logits(model, tasks, device, precision, min(workers, len(tasks))):
                         yield logits[None].cpu()
-                    bar.update(len(tasks))
+                    done(len(tasks))
         finally:
             bar.close()
 
