@@ -60,6 +60,9 @@ declare -A VARIANTS=(
   [T1_protomaml_protonet_training]="protomaml --augment $AFFINE,elastic=1.5:4 --flips --ways 60 --meta-batch 1"
   # The narrower first block for the memory meta-net and Proto-MAML (their recipes plus it)
   [NW_memorynet_first32]="memorynet --augment $AFFINE,elastic=1.5:4 --flips --backbone-options hidden=(32,64,64,64)"
+  # The memory meta-net on ProtoNet's 60-way tasks, with widths 64 and with the narrower first block (session 14)
+  [N60_memorynet_60way]="memorynet --augment $AFFINE,elastic=1.5:4 --flips --ways 60"
+  [N60W_memorynet_60way_first32]="memorynet --augment $AFFINE,elastic=1.5:4 --flips --ways 60 --backbone-options hidden=(32,64,64,64)"
   [TW_protomaml_first32]="protomaml --augment $AFFINE,elastic=1.5:4 --flips --ways 60 --meta-batch 1 --backbone-options hidden=(32,64,64,64)"
   # Issue 4's recipes as they stand (S0, X0, R0) and with ProtoNet's session-11 training: mirrored classes and the
   # narrower first block (matching networks also 60-way, as ProtoNet)
