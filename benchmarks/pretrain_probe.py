@@ -3,12 +3,15 @@
 Trains the recipe's Conv-4 as an ordinary classifier over every training class (rotations included, the
 omniglot-protonet augmentation, bf16 autocast, Adam with a cosine schedule over a wall-time budget), then uses it as
 a ProtoNet: every ``--val-every`` seconds it scores 300 seeded 20-way 1-shot within-alphabet tasks of the
-validation alphabet and keeps the best checkpoint as a protonet run folder (``fewshot evaluate`` reads it). The
-split is the sweep's: Korean and Balinese held out (never read here), Early_Aramaic for validation.
+validation alphabet and keeps the best checkpoint as a protonet run folder (``fewshot evaluate`` and
+``fewshot train --init`` read it). The split is the sweep's: Korean and Balinese held out (never read here),
+Early_Aramaic (``--val``) for validation.
 
     OMP_NUM_THREADS=1 python benchmarks/pretrain_probe.py --head linear --out runs/pretrain/linear
     OMP_NUM_THREADS=1 python benchmarks/pretrain_probe.py --head cosine --out runs/pretrain/cosine
     OMP_NUM_THREADS=1 python benchmarks/pretrain_probe.py --backbone-options hidden=128 --out runs/pretrain/h128
+    OMP_NUM_THREADS=1 python benchmarks/pretrain_probe.py --val Sanskrit --backbone-options "hidden=(32,64,64,64)" \
+        --budget 300 --out runs/pretrain_sk/p300_s0   # then `fewshot train --init runs/pretrain_sk/p300_s0 ...`
 """
 
 from __future__ import annotations
@@ -54,12 +57,14 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=28)
     parser.add_argument("--backbone-options", default="")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--val", default="Early_Aramaic", help="validation alphabet")
+    parser.add_argument("--holdout", default="Korean,Balinese", help="alphabets never read")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
 
     torch.manual_seed(args.seed)
     settings = {**TRAIN_DEFAULTS, **get_recipe("omniglot-protonet"), "root": args.root, "final": False,
-                "holdout_alphabets": "Korean,Balinese", "val_alphabets": "Early_Aramaic", "test_views": 1,
+                "holdout_alphabets": args.holdout, "val_alphabets": args.val, "test_views": 1,
                 "image_size": args.image_size, "backbone_options": args.backbone_options, "seed": args.seed}
     train, val = prepare_training_data(settings)
     assert val is not None

@@ -64,6 +64,10 @@ declare -A VARIANTS=(
   [N60_memorynet_60way]="memorynet --augment $AFFINE,elastic=1.5:4 --flips --ways 60"
   [N60W_memorynet_60way_first32]="memorynet --augment $AFFINE,elastic=1.5:4 --flips --ways 60 --backbone-options hidden=(32,64,64,64)"
   [TW_protomaml_first32]="protomaml --augment $AFFINE,elastic=1.5:4 --flips --ways 60 --meta-batch 1 --backbone-options hidden=(32,64,64,64)"
+  # Session 15: classifier pre-training (benchmarks/pretrain_probe.py --val Sanskrit --budget 300 --seed SEED
+  # --backbone-options "hidden=(32,64,64,64)" --out runs/pretrain_sk/p300_sSEED), then the recipe from its weights
+  # (--init), for BUDGET=300: half the sweep's time in each
+  [ZH_pretrain300_then_episodic]="protonet --augment $AFFINE,elastic=1.5:4 --flips --backbone-options hidden=(32,64,64,64) --init runs/pretrain_sk/p300_s$SEED/best.pt"
   # Issue 4's recipes as they stand (S0, X0, R0) and with ProtoNet's session-11 training: mirrored classes and the
   # narrower first block (matching networks also 60-way, as ProtoNet)
   [S0_siamese]="siamese"

@@ -35,7 +35,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "lr": 1e-3, "lr_schedule": "cosine", "weight_decay": 0.0, "grad_clip": None, "augment": "none",
     "val_every": 500, "val_episodes": 300, "val_ways": 20, "val_shots": 1, "val_queries": 5,
     "val_within_alphabet": True, "test_views": 1, "test_augment": None,
-    "seed": 0, "device": "auto", "precision": "auto", "channels_last": True,
+    "seed": 0, "device": "auto", "precision": "auto", "channels_last": True, "init": None,
 }
 FIXED_HEAD_METHODS = ("maml", "metasgd", "anil", "mann")
 DATA_KEYS = ("dataset", "root", "split", "image_size", "rotations", "flips", "val_alphabets", "val_fraction",
@@ -157,7 +157,7 @@ def build_train_config(s: dict[str, Any], train: FewShotDataset):
         precision = default_precision(resolve_device(s["device"])) if model.build().bf16_training_safe else "fp32"
     fields = ("ways", "shots", "queries", "meta_batch", "episodes", "time_budget", "lr", "lr_schedule", "weight_decay",
               "grad_clip", "augment", "val_every", "val_episodes", "val_ways", "val_shots", "val_queries",
-              "seed", "device", "channels_last")
+              "seed", "device", "channels_last", "init")
     return TrainConfig(model=model, precision=precision, val_within_group=s["val_within_alphabet"],
                        within_group=s["within_alphabet"],
                        data={k: s[k] for k in DATA_KEYS}, **{k: s[k] for k in fields})
@@ -171,6 +171,10 @@ def start_training(settings: dict[str, Any], out: Path, quiet: bool = False):
         raise DataError(f"unknown method '{settings['method']}'; choose one of {', '.join(_methods())}")
     if (out / "last.pt").exists():
         raise DataError(f"{out} already holds a run; pass --resume {out} to continue it, or choose another --out")
+    if settings["init"]:
+        from fewshot.training.checkpoint import checkpoint_file
+
+        settings["init"] = str(checkpoint_file(settings["init"]))  # fail before loading data; the file, in config.json
     train, val = prepare_training_data(settings)
     _fit_val_ways(settings, val)
     trainer = Trainer(build_train_config(settings, train), train, val, out)
@@ -484,6 +488,11 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", help="auto (default), cpu, cuda")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"))
     p.add_argument("--no-channels-last", dest="channels_last", action="store_const", const=False)
+    p.add_argument("--init", metavar="CHECKPOINT",
+                   help="start from the weights of this run folder or .pt file instead of random ones (fine-tuning, "
+                   "e.g. an Omniglot run on your --dataset folder): its backbone, which must be the same "
+                   "(--backbone, --backbone-options, image channels), and the method's own weights if it is the same "
+                   "method")
     p.add_argument("--out", help="run folder to create")
     p.add_argument("--resume", metavar="RUN", help="continue the run in this folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -283,3 +283,66 @@ def test_atomic_writes_create_folders_and_get_the_usual_permissions(tmp_path):
     assert written.read_text() == "episode\n"
     assert written.stat().st_mode & 0o777 == 0o666 & ~mask  # as open() would create it, not mkstemp's 0600
     assert not list((tmp_path / "new").glob("*.tmp"))
+
+
+def test_init_starts_a_new_run_from_the_checkpoint_weights(tmp_path):
+    train, val = blob_dataset(), blob_dataset(seed=1)
+    Trainer(small_config(), train, val, tmp_path / "first").fit(show_progress=False)
+    source = read_checkpoint(tmp_path / "first" / "best.pt")["model"]
+    fresh = Trainer(small_config(seed=6), train, val, tmp_path / "fresh")
+    started = Trainer(small_config(seed=6, init=str(tmp_path / "first")), train, val, tmp_path / "second")
+    started.fit(show_progress=False, stop_after=0)  # loads the weights, then stops before the first step
+    for key, value in source.items():
+        assert torch.equal(started.model.state_dict()[key], value), key
+    assert not all(torch.equal(fresh.model.state_dict()[k], v) for k, v in source.items())
+    assert json.loads((tmp_path / "second" / "config.json").read_text())["init"] == str(tmp_path / "first")
+
+
+def test_init_from_another_method_takes_its_backbone_and_keeps_a_fresh_head(tmp_path, capsys):
+    train = blob_dataset()
+    Trainer(small_config(episodes=4), train, None, tmp_path / "proto").fit(show_progress=False)
+    source = read_checkpoint(tmp_path / "proto" / "best.pt")["model"]
+    anil = ModelSpec("anil", "conv4", {"ways": 4}, {"hidden": 16}, (1, 16, 16))
+    fresh = Trainer(small_config(model=anil, episodes=4), train, None, tmp_path / "fresh")
+    started = Trainer(small_config(model=anil, episodes=4, init=str(tmp_path / "proto" / "best.pt")), train, None,
+                      tmp_path / "anil")
+    started.fit(show_progress=False, stop_after=0)
+    state = started.model.state_dict()
+    backbone = [k for k in state if k.startswith("backbone.")]  # its batch norm keeps no running statistics
+    assert len(backbone) == 12  # 4 blocks: convolution, batch-norm scale and shift
+    for key in backbone:
+        assert torch.equal(state[key], source[key]), key
+    for key in ("head.weight", "head.bias"):
+        assert torch.equal(state[key], fresh.model.state_dict()[key]), key
+    assert "2 of the anil's other tensors start fresh" in capsys.readouterr().err
+
+
+def test_init_from_a_resumed_run_is_not_applied_again(tmp_path):
+    train, val = blob_dataset(), blob_dataset(seed=1)
+    Trainer(small_config(episodes=4), train, val, tmp_path / "first").fit(show_progress=False)
+    config = small_config(seed=6, init=str(tmp_path / "first"))
+    whole = Trainer(config, train, val, tmp_path / "whole")
+    whole.fit(show_progress=False)
+    Trainer(config, train, val, tmp_path / "killed").fit(show_progress=False, stop_after=6)
+    resumed = Trainer(config, train, val, tmp_path / "killed")
+    resumed.resume()
+    resumed.fit(show_progress=False)
+    for key, value in weights(whole.model).items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
+
+
+def test_init_with_another_backbone_or_channels_is_refused(tmp_path, capsys):
+    from fewshot.cli import main
+
+    Trainer(small_config(episodes=4), blob_dataset(), None, tmp_path / "run").fit(show_progress=False)
+    narrow = ModelSpec("protonet", "conv4", {}, {"hidden": 8}, (1, 16, 16))
+    with pytest.raises(CheckpointError, match=r"backbone_options \{'hidden': 16\}.*same --backbone-options"):
+        Trainer(small_config(model=narrow, init=str(tmp_path / "run")), blob_dataset(), None,
+                tmp_path / "narrow").fit(show_progress=False)
+    rgb = ModelSpec("protonet", "conv4", {}, {"hidden": 16}, (3, 16, 16))
+    with pytest.raises(CheckpointError, match=r"had 1 channel.*this dataset's have 3"):
+        Trainer(small_config(model=rgb, init=str(tmp_path / "run")), blob_dataset(), None,
+                tmp_path / "rgb").fit(show_progress=False)
+    common = ["train", "--dataset", "glyphs", "--episodes", "2", "--out", str(tmp_path / "cli")]
+    assert main([*common, "--init", str(tmp_path / "missing")]) == 2
+    assert "checkpoint" in capsys.readouterr().err and not (tmp_path / "cli").exists()

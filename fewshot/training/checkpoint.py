@@ -113,6 +113,49 @@ def load_state(model: FewShotMethod, spec: ModelSpec, checkpoint: dict[str, Any]
         raise CheckpointError(f"checkpoint {source} does not fit this model ({first})") from None
 
 
+def load_initial_weights(model: FewShotMethod, spec: ModelSpec, path: str | Path) -> str:
+    """Start ``model`` (built from ``spec``) from the weights saved at ``path``, for fine-tuning: the backbone always,
+    and the method's own parameters (a head, a relation module) too when the checkpoint is of the same method and
+    they have the same shapes; the rest keep their fresh initialisation. Returns what was loaded, in words.
+
+    Raises :class:`CheckpointError` when the backbones differ (name, options or input channels): their weights
+    would not fit, or would fit a different network.
+    """
+    checkpoint = read_checkpoint(path)
+    saved = ModelSpec.from_dict(checkpoint["spec"])
+    for attribute in ("backbone", "backbone_options"):
+        if getattr(saved, attribute) != getattr(spec, attribute):
+            flag = "--" + attribute.replace("_", "-")
+            raise CheckpointError(
+                f"--init {path}: its backbone was trained with {attribute} {getattr(saved, attribute)!r}, this run's "
+                f"uses {getattr(spec, attribute)!r}; give this run the same {flag}, or start without --init"
+            )
+    if saved.image_shape[0] != spec.image_shape[0]:
+        raise CheckpointError(
+            f"--init {path}: its images had {saved.image_shape[0]} channel(s), this dataset's have "
+            f"{spec.image_shape[0]}; the first convolution cannot take them over (start without --init)"
+        )
+    state = checkpoint["model"]
+    own = model.state_dict()
+    # Buffers may differ: batch norm with task statistics (the MAML family) keeps no running statistics.
+    backbone = {k: v for k, v in state.items() if k.startswith("backbone.") and k in own}
+    missing = sorted(k for k, _ in model.named_parameters() if k.startswith("backbone.") and k not in backbone)
+    if missing:
+        raise CheckpointError(f"--init {path}: its backbone lacks {missing[0]} (and {len(missing) - 1} more)")
+    rest = [k for k in own if not k.startswith("backbone.")]
+    same_method = saved.method == spec.method
+    taken = [k for k in rest if same_method and k in state and state[k].shape == own[k].shape]
+    try:
+        model.load_state_dict({**own, **backbone, **{k: state[k] for k in taken}})
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0]
+        raise CheckpointError(f"--init {path}: its backbone does not fit this model ({first})") from None
+    fresh = len(rest) - len(taken)
+    if not rest or not fresh:
+        return f"every weight of {path}"
+    return f"the backbone of {path} ({saved.method}); {fresh} of the {spec.method}'s other tensors start fresh"
+
+
 def load_model(
     path: str | Path, device: str | torch.device = "cpu", test_views: int | None = None
 ) -> tuple[FewShotMethod, ModelSpec]:

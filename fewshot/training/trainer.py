@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -24,7 +25,13 @@ from fewshot.data import FewShotDataset, Task, TaskSampler, build_task
 from fewshot.data.augment import AugmentConfig, augment_task
 from fewshot.evaluation.evaluate import evaluate, fit_model_temperature
 from fewshot.methods import MetricMethod
-from fewshot.training.checkpoint import ModelSpec, load_state, read_checkpoint, save_checkpoint
+from fewshot.training.checkpoint import (
+    ModelSpec,
+    load_initial_weights,
+    load_state,
+    read_checkpoint,
+    save_checkpoint,
+)
 from fewshot.utils import atomic_torch_save, atomic_write_text, autocast, resolve_device, seed_everything
 
 METRIC_FIELDS = ["episode", "elapsed_s", "lr", "train_loss", "train_accuracy", "val_accuracy", "val_ci95"]
@@ -61,6 +68,7 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "fp32"
     channels_last: bool = True
+    init: str | None = None  # checkpoint to start from (fine-tuning; load_initial_weights), else random weights
     data: dict[str, Any] = field(default_factory=dict)  # how the caller built the datasets, for --resume
 
     def __post_init__(self) -> None:
@@ -270,6 +278,9 @@ class Trainer:
         bar = tqdm(total=round(self.config.time_budget) if by_time else self.config.episodes,
                    initial=round(self.elapsed) if by_time else self.episode, unit="s" if by_time else "ep",
                    desc="training", disable=not show_progress, dynamic_ncols=True, mininterval=1.0)
+        if self.config.init and self.episode == 0 and not self.rows:  # a new run, not a resumed one
+            print(f"starting from {load_initial_weights(self.model, self.config.model, self.config.init)}",
+                  file=sys.stderr)
         lr = learning_rate(self.config, self.progress())
         try:
             logged = self.rows[-1]["episode"] if self.rows else 0
