@@ -25,10 +25,12 @@ the largest entry of each gradient; exit status 1 above 1e-9 in fp64. The fp32 f
 second-order steps from a random initialisation amplify rounding, so the same arithmetic in another order (``vmap``'s
 grouped convolutions and composite batch norm) already differs by about 1e-3 there.
 
-With ``--compiled`` a sixth side, ``ours (compiled)``, is timed too: the per-task meta-gradient written as one pure
+With ``--compiled`` two more sides are timed: ``ours (compiled)``, the per-task meta-gradient written as one pure
 function of the weights (``torch.func.grad`` of the query loss, whose inner loop takes ``torch.func.grad`` steps),
 traced to aten operations by ``make_fx`` and compiled by Inductor (about two minutes, printed, untimed; its peak
-memory is not measured). The bf16 side's meta-gradient is also compared with the float64 one.
+memory is not measured), and ``ours (compiled, threads)``, the same generated with one-thread kernels and the
+meta-batch split over one thread per intra-op thread. The bf16 side's meta-gradient is also compared with the
+float64 one.
 
 higher is pure Python and imports beside torch 2.13: ``pip install --no-deps higher==0.2.1``. From the repository
 root::
@@ -139,31 +141,55 @@ class _TaskLoss(nn.Module):
         return F.cross_entropy(logits, query_labels)
 
 
-def compiled_side(model: MAML) -> Callable[[list[Task]], None]:
+def compiled_side(model: MAML, workers: int = 1) -> Callable[[list[Task]], None]:
     """Our inner loop as one pure function of the weights (``torch.func.grad`` inside and out), traced to aten ops
-    with ``make_fx`` and compiled by Inductor once: every task's meta-gradient is then one call of generated code."""
+    with ``make_fx`` and compiled by Inductor once: every task's meta-gradient is then one call of generated code.
+    ``workers > 1``: the code is generated with one-thread kernels and the meta-batch split over that many threads of
+    one intra-op thread each, as the eager ``workers`` path does (Inductor's kernels otherwise bring their own)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch._inductor.config as inductor_config
     from torch.fx.experimental.proxy_tensor import make_fx
 
     task_loss = _TaskLoss(model)
     outer = torch.optim.Adam(model.parameters(), lr=OUTER_LR)
     meta_gradient = torch.func.grad(lambda weights, *task: torch.func.functional_call(task_loss, weights, task))
     compiled: list[Callable] = []
+    pool = ThreadPoolExecutor(workers) if workers > 1 else None
+    label = "ours (compiled)" if workers == 1 else "ours (compiled, threads)"
+
+    def inputs(task: Task) -> tuple[torch.Tensor, ...]:
+        return task.support_images, task.support_labels, task.query_images, task.query_labels
+
+    def compile_once(weights: dict[str, torch.Tensor], task: Task) -> None:
+        started = time.perf_counter()
+        with inductor_config.patch({"cpp.threads": 1 if workers > 1 else -1}):
+            compiled.append(torch.compile(make_fx(meta_gradient)(weights, *inputs(task)), fullgraph=True))
+            fast = compiled[0](weights, *inputs(task))
+        seconds = time.perf_counter() - started
+        error = relative_error(list(fast.values()), list(meta_gradient(weights, *inputs(task)).values()))
+        print(f"  {label}: traced and compiled in {seconds:.0f} s; its meta-gradient differs from "
+              f"the uncompiled one by {error:.1e} (norm of the difference / norm)")
+
+    def summed(weights: dict[str, torch.Tensor], tasks: list[Task], count: int) -> dict[str, torch.Tensor]:
+        if pool is not None and torch.get_num_threads() != 1:
+            torch.set_num_threads(1)
+        total = dict.fromkeys(weights, 0.0)
+        for task in tasks:
+            grads = compiled[0](weights, *inputs(task))
+            total = {name: total[name] + grads[name] / count for name in total}
+        return total
 
     def step(tasks: list[Task]) -> None:
         weights = {name: p.detach() for name, p in task_loss.named_parameters()}
-        total = dict.fromkeys(weights, 0.0)
-        for task in tasks:
-            inputs = (task.support_images, task.support_labels, task.query_images, task.query_labels)
-            if not compiled:
-                started = time.perf_counter()
-                compiled.append(torch.compile(make_fx(meta_gradient)(weights, *inputs), fullgraph=True))
-                fast = compiled[0](weights, *inputs)
-                seconds = time.perf_counter() - started
-                error = relative_error(list(fast.values()), list(meta_gradient(weights, *inputs).values()))
-                print(f"  ours (compiled): traced and compiled in {seconds:.0f} s; its meta-gradient differs from "
-                      f"the uncompiled one by {error:.1e} (norm of the difference / norm)")
-            grads = compiled[0](weights, *inputs)
-            total = {name: total[name] + grads[name] / len(tasks) for name in total}
+        if not compiled:
+            compile_once(weights, tasks[0])
+        if pool is None:
+            total = summed(weights, tasks, len(tasks))
+        else:
+            parts = list(pool.map(summed, [weights] * workers, [tasks[i::workers] for i in range(workers)],
+                                  [len(tasks)] * workers))
+            total = {name: sum(part[name] for part in parts) for name in weights}
         for name, p in task_loss.named_parameters():
             p.grad = total[name]
         outer.step()
@@ -175,8 +201,8 @@ def build_side(name: str, device: torch.device) -> Callable[[list[Task]], None]:
     ours, reference = initial_models(device)
     if name == "higher":
         return higher_side(reference)
-    if name == "ours (compiled)":
-        return compiled_side(ours)
+    if name.startswith("ours (compiled"):
+        return compiled_side(ours, workers=workers_by_default(device, META_BATCH) if "threads" in name else 1)
     vectorize = name == "ours (vmap)" or (name == "ours (bf16)" and vectorize_by_default(device))
     workers = None if name in ("ours (threads)", "ours (bf16)") else 1
     return our_side(ours, vectorize=vectorize, workers=workers, checkpoint=name == "ours (ckpt)",
@@ -269,7 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--compiled", action="store_true",
-                        help="also time 'ours (compiled)', the meta-gradient compiled by torch.compile (minutes)")
+                        help="also time 'ours (compiled)' and 'ours (compiled, threads)', the meta-gradient compiled "
+                             "by torch.compile (minutes)")
     parser.add_argument("--memory-side", help=argparse.SUPPRESS)  # internal: measure one side in this process
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -290,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
           f"meta-batch {META_BATCH}, {INNER_STEPS} inner SGD steps of {INNER_LR}, second order, fp32, "
           f"Adam lr {OUTER_LR}")
     batches = meta_batches(args.root, args.warmup + args.batches + 1, device)
-    names = (*SIDES, "ours (compiled)") if args.compiled else SIDES
+    names = (*SIDES, "ours (compiled)", "ours (compiled, threads)") if args.compiled else SIDES
     sides = {name: build_side(name, device) for name in names}
     ours, reference = initial_models(device)
     same = all(torch.equal(a, b) for a, b in zip([*ours.backbone.parameters(), *ours.head.parameters()],
@@ -337,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
         print("  WARNING: other processes competed for the CPUs; the numbers are noisy, rerun on a quiet machine")
     for name in names:
         peak = f"{memory[name]['peak_mib']:8.1f} MiB" if name in memory else "(not measured)"
-        print(f"  {name:<15} {rates[name]:7.2f} tasks/s   peak memory {peak}")
+        print(f"  {name:<24} {rates[name]:7.2f} tasks/s   peak memory {peak}")
     print(f"  memory: {memory['higher']['method']}, one meta-batch after a warm-up, each side in its own process")
     print(f"  vmap / loop: {rates['ours (vmap)'] / rates['ours (loop)']:.2f}x; "
           f"threads / loop: {rates['ours (threads)'] / rates['ours (loop)']:.2f}x")

@@ -76,6 +76,12 @@ declare -A VARIANTS=(
   [XW_matchingnet_60way_flips_first32]="matchingnet --ways 60 --flips --backbone-options hidden=(32,64,64,64)"
   [R0_relationnet]="relationnet"
   [RW_relationnet_flips_first32]="relationnet --flips --backbone-options hidden=(32,64,64,64)"
+  # Session 16: ANIL as its recipe stands (a 5-row head, 3 test steps), with one test step, and with MAML's shared
+  # head row (any number of ways) for one and for five inner steps (head-only steps are cheap)
+  [W0_anil]="anil"
+  [W1_anil_1step]="anil --method-options inner_steps=1,inner_lr=0.1,test_inner_steps=1"
+  [W2_anil_shared]="anil --method-options inner_steps=1,inner_lr=0.1,test_inner_steps=1,shared_head=True"
+  [W3_anil_shared_5steps]="anil --method-options inner_steps=5,inner_lr=0.1,test_inner_steps=5,shared_head=True"
 )
 names=("$@")
 [ ${#names[@]} -gt 0 ] || names=(A_base B_within C_size40 D_elastic E_el15_within F_el3 G_el_lr2 H_el_q2 I_el_pools3 J_el2

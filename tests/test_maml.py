@@ -513,7 +513,7 @@ def test_maml_learns_unseen_glyph_classes_well_above_chance(tmp_path):
     assert result.accuracy > 0.5, result.summary()  # chance is 0.2
 
 
-@pytest.mark.parametrize("cls", [MAML, MetaSGD])
+@pytest.mark.parametrize("cls", [MAML, MetaSGD, ANIL])
 def test_a_shared_head_adapts_to_any_number_of_classes_whatever_their_order(cls):
     """One head row for every class: a model built for 5 ways takes a 20-way task, and relabelling the classes
     permutes the logits' columns and nothing else (the start is the same for every class)."""
