@@ -12,6 +12,9 @@
 # settings works: fold F1 is leave_alphabets_out.sh's split).
 #   VIEWS=1 TAG=protomaml-1view ... alphabet_folds.sh protomaml   # evaluate with that many test views instead of
 #                                   the checkpoint's, into OUT/TAG_FOLD_ALPHABET_WAYSw.json (TAG: the method)
+#   EVAL_FLAGS="--queries 1 --transductive-steps 10" TAG=protonet-q1-t10 ... alphabet_folds.sh protonet
+#                                   # the same checkpoints evaluated otherwise (flags added to `fewshot evaluate`);
+#                                   # RUNS=memorynet-w32 evaluates the run folders OUT/memorynet-w32_FOLD instead
 #   FLAGS="--backbone-options hidden=(32,64,64,64)" TAG=memorynet-w32 ... alphabet_folds.sh memorynet
 #                                   # a variant of the recipe: extra training flags, run folders OUT/TAG_FOLD
 set -euo pipefail
@@ -26,6 +29,8 @@ if [ -n "$FLAGS" ]; then
   [ "$TAG" != "$method" ] || { echo "FLAGS make a variant of the recipe: give it its own TAG" >&2; exit 2; }
   run_name=$TAG
 fi
+run_name=${RUNS:-$run_name}
+EVAL_FLAGS=${EVAL_FLAGS:-}
 views=()
 [ -n "${VIEWS:-}" ] && views=(--test-views "$VIEWS")
 declare -A FOLDS=(  # held-out alphabets : validation alphabet
@@ -41,7 +46,7 @@ for fold in "${names[@]}"; do
   holdout=${FOLDS[$fold]%%:*} val=${FOLDS[$fold]##*:}
   run="$OUT/${run_name}_${fold}"
   # shellcheck disable=SC2086
-  [ -f "$run/best.pt" ] || fewshot train --recipe "omniglot-$method" --root "$ROOT" --split minimal \
+  [ -f "$run/best.pt" ] || [ -n "${RUNS:-}" ] || fewshot train --recipe "omniglot-$method" --root "$ROOT" --split minimal \
       --holdout-alphabets "$holdout" --val-alphabets "$val" --time-budget "$BUDGET" --seed 0 --out "$run" --quiet \
       $FLAGS
   IFS=, read -ra alphabets <<< "$holdout"
@@ -51,7 +56,7 @@ for fold in "${names[@]}"; do
       out="$OUT/${TAG}_${fold}_${alphabet}_${ways}w.json"
       [ -s "$out" ] || fewshot evaluate --checkpoint "$run" --dataset omniglot --root "$ROOT" --split minimal \
           --alphabets "$alphabet" --ways "$ways" --shots 1 --queries 5 --within-alphabet --episodes 1000 \
-          --seed 0 "${views[@]}" --json > "$out"
+          --seed 0 "${views[@]}" $EVAL_FLAGS --json > "$out"
     done
   done
 done

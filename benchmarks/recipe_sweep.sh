@@ -81,6 +81,10 @@ declare -A VARIANTS=(
   [W0_anil]="anil"
   [W1_anil_1step]="anil --method-options inner_steps=1,inner_lr=0.1,test_inner_steps=1"
   [W2_anil_shared]="anil --method-options inner_steps=1,inner_lr=0.1,test_inner_steps=1,shared_head=True"
+  # Session 19: ProtoNet's recipe with transductive inference (10 soft k-means steps) in validation. Beside it ran
+  # ZT1_transductive_training, the same with the refinement in the training loss too (Ren et al. 2018), through a
+  # ProtoNet option since removed: validation 77.3 against 88.6% after 3500 episodes
+  [ZT0_transductive]="protonet --augment $AFFINE,elastic=1.5:4 --flips --backbone-options hidden=(32,64,64,64) --transductive-steps 10"
   [W3_anil_shared_5steps]="anil --method-options inner_steps=5,inner_lr=0.1,test_inner_steps=5,shared_head=True"
 )
 names=("$@")

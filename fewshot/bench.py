@@ -356,7 +356,7 @@ class _Embedded(MetricMethod):
         self.batched_classify = getattr(model, "batched_classify", False)
 
     def classify(self, support_features, support_labels, query_features):
-        return self.model.classify(support_features, support_labels, query_features)
+        return self.model.classify_task(support_features, support_labels, query_features)
 
 
 def _embedded(model: FewShotMethod, dataset: FewShotDataset, device) -> FewShotDataset:
@@ -383,6 +383,7 @@ def evaluate_method(run: Path, root: str, episode_paths: dict[str, Path], lake_r
         return done
     device = resolve_device(device_name)
     model, spec = load_model(run / "best.pt", device)
+    done["transductive_steps"] = spec.transductive_steps  # the report marks transductive rows
     dataset = test_dataset(root, spec.image_shape[-1])
     scored, scored_on = model, dataset
     if isinstance(model, MetricMethod):
@@ -525,7 +526,9 @@ def markdown(records: list[dict[str, Any]], bench: dict[str, Any], command: str,
             cells.append(_pct(result.get("error_rate")))
             if result.get("note"):
                 notes.append(f"- {rec['method']}: {result['note']}")
-        lines.append(f"| {rec['method']} | " + " | ".join(cells) + " |")
+        steps = ev.get("transductive_steps")
+        label = f"{rec['method']} (transductive, {steps} steps)" if steps else rec["method"]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     if notes:
         lines += ["", "Not available:", "", *_dedupe(notes)]
     if lake:

@@ -35,8 +35,12 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "lr": 1e-3, "lr_schedule": "cosine", "weight_decay": 0.0, "grad_clip": None, "augment": "none",
     "val_every": 500, "val_episodes": 300, "val_ways": 20, "val_shots": 1, "val_queries": 5,
     "val_within_alphabet": True, "test_views": 1, "test_augment": None,
+    "transductive_steps": 0, "transductive_temperature": 1.0,
     "seed": 0, "device": "auto", "precision": "auto", "channels_last": True, "init": None,
 }
+TRANSDUCTIVE_HELP = ("metric methods: at test time, refine each task's classes this many times with its unlabelled "
+                     "queries (soft k-means on the features), so that queries given together inform each other")
+TEMPERATURE_HELP = "the queries weigh in the transductive steps by softmax(logits / this)"
 FIXED_HEAD_METHODS = ("maml", "metasgd", "anil", "mann")
 DATA_KEYS = ("dataset", "root", "split", "image_size", "rotations", "flips", "val_alphabets", "val_fraction",
              "holdout_alphabets", "final", "seed")
@@ -151,7 +155,9 @@ def build_train_config(s: dict[str, Any], train: FewShotDataset):
         method_options.setdefault("image_size", s["image_size"])  # methods that measure their feature size
     model = ModelSpec(s["method"], s["backbone"], method_options, parse_options(s["backbone_options"]),
                       train.image_shape(), invert=s["dataset"] in ("omniglot", "glyphs"),
-                      test_views=s["test_views"], test_augment=_test_augment(s))
+                      test_views=s["test_views"], test_augment=_test_augment(s),
+                      transductive_steps=s["transductive_steps"],
+                      transductive_temperature=s["transductive_temperature"])
     precision = s["precision"]
     if precision == "auto":
         precision = default_precision(resolve_device(s["device"])) if model.build().bf16_training_safe else "fp32"
@@ -246,12 +252,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from fewshot.utils import default_precision, resolve_device
 
     device = resolve_device(args.device)
-    model, spec = load_model(args.checkpoint, device, test_views=args.test_views)
+    model, spec = load_model(args.checkpoint, device, test_views=args.test_views,
+                             transductive_steps=args.transductive_steps,
+                             transductive_temperature=args.transductive_temperature)
     precision = args.precision if args.precision != "auto" else default_precision(device)
     if args.lake_runs:
         channels, height, width = spec.image_shape
         runs = load_lake_runs(args.lake_runs, image_size=(height, width), channels=channels)
-        result = evaluate_tasks(model, runs, device, precision)
+        result = {**evaluate_tasks(model, runs, device, precision), **_transduction(spec)}
         if args.json:
             print(json.dumps(result, indent=1))
         else:
@@ -282,8 +290,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.csv:
         result.write_csv(args.csv)
     if args.json:
-        print(json.dumps(result.summary(), indent=1))
+        print(json.dumps({**result.summary(), **_transduction(spec)}, indent=1))
     else:
+        if spec.transductive_steps:
+            print(f"transductive: each task's classes refined {spec.transductive_steps} times with its queries, "
+                  f"temperature {spec.transductive_temperature:g} (--transductive-steps 0 classifies each query on "
+                  "its own)")
         print(f"{result.ways}-way {result.shots}-shot, {result.episodes} episodes ({seconds:.1f} s): accuracy "
               f"{100 * result.accuracy:.2f}% ± {100 * result.ci95:.2f}% (95% CI); macro precision "
               f"{100 * result.precision_macro:.1f}%, recall {100 * result.recall_macro:.1f}%, "
@@ -302,6 +314,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             for pair in result.confused_pairs:
                 print(f"  {pair['true']} -> {pair['predicted']}: {100 * pair['share']:.1f}% ({pair['count']} queries)")
     return 0
+
+
+def _transduction(spec) -> dict[str, Any]:
+    """What ``evaluate --json`` reports of the transductive setting, so that figures say how they were made."""
+    return {"transductive_steps": spec.transductive_steps, "transductive_temperature": spec.transductive_temperature}
 
 
 def _evaluation_dataset(args: argparse.Namespace, spec) -> FewShotDataset:
@@ -375,7 +392,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from fewshot.predict import predict
     from fewshot.training.checkpoint import load_model
 
-    model, spec = load_model(args.checkpoint, test_views=args.test_views)
+    model, spec = load_model(args.checkpoint, test_views=args.test_views, transductive_steps=args.transductive_steps)
     _print_predictions(predict(model, spec, args.support, args.query, skip_corrupt=args.skip_corrupt), args.json)
     return 0
 
@@ -485,6 +502,8 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
                    "this many seeded transforms of each image at test time (default 1: none)")
     p.add_argument("--test-augment", help="the transforms of --test-views (default: --augment, else "
                    "'rotation=8,shear=5,scale=0.92:1.08,shift=0.05')")
+    p.add_argument("--transductive-steps", type=int, help=TRANSDUCTIVE_HELP + " (default 0: none)")
+    p.add_argument("--transductive-temperature", type=float, help=TEMPERATURE_HELP + " (default 1)")
     p.add_argument("--device", help="auto (default), cpu, cuda")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"))
     p.add_argument("--no-channels-last", dest="channels_last", action="store_const", const=False)
@@ -529,6 +548,8 @@ def _add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
                    "of each class in sequences of --ways classes with this many images each")
     p.add_argument("--test-views", type=int, help="test-time views per image (metric methods, ANIL, Proto-MAML); "
                    "default: as trained")
+    p.add_argument("--transductive-steps", type=int, help=TRANSDUCTIVE_HELP + "; default: as trained, 0 turns it off")
+    p.add_argument("--transductive-temperature", type=float, help=TEMPERATURE_HELP + "; default: as trained")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 
@@ -551,6 +572,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--query", required=True, nargs="+", help="image files or folders")
     p.add_argument("--test-views", type=int, help="test-time views per image (metric methods, ANIL, Proto-MAML); "
                    "default: as trained")
+    p.add_argument("--transductive-steps", type=int, help=TRANSDUCTIVE_HELP + "; default: as trained, 0 predicts "
+                   "each query on its own")
     p.add_argument("--skip-corrupt", action="store_true", help="skip unreadable images with a warning")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict)

@@ -60,7 +60,7 @@ def assert_cached_evaluation_matches_per_task(model, data, episodes: int = 8) ->
             self.inner = inner
 
         def forward(self, s, y, q):
-            return self.inner.classify(self.inner.embed(s), y, self.inner.embed(q))
+            return self.inner.classify_task(self.inner.embed(s), y, self.inner.embed(q))
 
     cached = evaluate(model, data, 5, 1, queries=5, episodes=episodes, seed=3)
     generic = evaluate(Uncached(model), data, 5, 1, queries=5, episodes=episodes, seed=3)

@@ -102,3 +102,4 @@ def test_protonet_learns_unseen_glyph_classes_well_above_chance(tmp_path):
     assert after.accuracy > before.accuracy + 0.1
     task = build_task(unseen, TaskSampler(unseen, 5, 1, 1, 1).spec(0))
     assert model(task.support_images, task.support_labels, task.query_images).shape == (5, 5)
+

@@ -102,9 +102,9 @@ def _logits_cached(
     labels = torch.arange(ways, device=device)
     support_labels = labels.repeat_interleave(shots).expand(len(specs), -1)
     if len(specs) == 1:  # methods without batched classify see plain [N*K, D] / [M, D] tensors
-        logits = model.classify(features[support[0]], support_labels[0], features[query[0]])[None]
+        logits = model.classify_task(features[support[0]], support_labels[0], features[query[0]])[None]
     else:
-        logits = model.classify(features[support], support_labels, features[query])
+        logits = model.classify_task(features[support], support_labels, features[query])
     return logits.float()
 
 

@@ -35,9 +35,36 @@ class FewShotMethod(nn.Module):
     #: Default test-time transforms: small changes of the kind two people drawing one character make.
     test_augment: AugmentConfig = AugmentConfig(rotation=8.0, shear=5.0, scale=(0.92, 1.08), shift=0.05)
 
+    #: Transductive inference (:meth:`set_transductive_steps`): refinements of a task's classes by its unlabelled
+    #: queries in eval mode (0: each query is classified on its own).
+    transductive_steps: int = 0
+
     def __init__(self, backbone: nn.Module) -> None:
         super().__init__()
         self.backbone = backbone
+
+    @property
+    def transductive_unsupported(self) -> str | None:
+        """Why this method cannot refine its classes with the queries of a task (``None``: it can)."""
+        return f"{type(self).__name__} has no per-image features to refine classes with"
+
+    def set_transductive_steps(self, steps: int, temperature: float | None = None) -> None:
+        """In eval mode, refine the task's classes with its queries ``steps`` times (0: inductive, the default),
+        weighing the queries by ``softmax(logits / temperature)`` (None keeps the current temperature).
+
+        Then a query's prediction depends on the other queries of its task, as in transductive few-shot
+        learning; refused (``ValueError``) by a method that cannot do it.
+        """
+        if steps < 0:
+            raise ValueError(f"transductive steps must be 0 or more (got {steps})")
+        if temperature is not None and not temperature > 0:
+            raise ValueError(f"the transductive temperature must be positive (got {temperature})")
+        if steps and self.transductive_unsupported:
+            raise ValueError(f"transductive inference is not available here: {self.transductive_unsupported} "
+                             "(use 0 steps)")
+        self.transductive_steps = int(steps)
+        if temperature is not None:
+            self.transductive_temperature = float(temperature)
 
     @property
     def test_views_unsupported(self) -> str | None:
@@ -120,6 +147,10 @@ class MetricMethod(FewShotMethod):
     #: Whether :meth:`embed` returns unit vectors; the mean of the test views is then normalised again.
     unit_features: bool = False
     test_views_unsupported = None
+    transductive_unsupported = None
+    #: The temperature of the probabilities that weigh the queries in the transductive refinement (chosen on
+    #: validation per method: the scale of the logits differs between methods).
+    transductive_temperature: float = 1.0
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """``[B, C, H, W]`` -> ``[B, D]``."""
@@ -143,13 +174,45 @@ class MetricMethod(FewShotMethod):
         """Logits ``[M, N]`` from support features ``[N*K, D]`` and query features ``[M, D]``."""
         raise NotImplementedError
 
+    def classify_task(
+        self, support_features: torch.Tensor, support_labels: torch.Tensor, query_features: torch.Tensor
+    ) -> torch.Tensor:
+        """:meth:`classify`, and in eval mode with transductive steps, refined by the task's unlabelled queries.
+
+        Each step is one soft k-means step (Ren et al. 2018) on the features: a class's mean moves to the mean of
+        its support features and of every query weighted by the query's current probability of the class
+        (``softmax(logits / transductive_temperature)``); each support feature moves with its class's mean and
+        :meth:`classify` scores the queries again. For ProtoNet this is soft k-means on the prototypes; any metric
+        method takes it. Shapes as :meth:`classify` (feature maps are flattened for the means).
+        """
+        logits = self.classify(support_features, support_labels, query_features)
+        steps = 0 if self.training else self.transductive_steps
+        if not steps:
+            return logits
+        with torch.autocast(support_features.device.type, enabled=False):
+            support, query = full_precision(support_features), full_precision(query_features)
+            leading = support_labels.shape[:-1]  # episodes
+            flat_support = support.reshape(*support_labels.shape, -1)  # [..., n, F]
+            flat_query = query.reshape(*leading, query.shape[len(leading)], -1)  # [..., M, F]
+            one_hot = F.one_hot(support_labels, int(support_labels.max()) + 1).to(support.dtype)  # [..., n, N]
+            counts = one_hot.sum(-2)[..., None]  # [..., N, 1]
+            sums = one_hot.transpose(-1, -2) @ flat_support  # [..., N, F]
+            for _ in range(steps):
+                weights = (logits.float() / self.transductive_temperature).softmax(-1)  # [..., M, N]
+                means = (sums + weights.transpose(-1, -2) @ flat_query) / (counts + weights.sum(-2)[..., None])
+                moved = flat_support + one_hot @ (means - sums / counts)
+                if self.unit_features:
+                    moved = F.normalize(moved, dim=-1)
+                logits = self.classify(moved.view(support.shape), support_labels, query)
+        return logits
+
     def forward(
         self, support_images: torch.Tensor, support_labels: torch.Tensor, query_images: torch.Tensor
     ) -> torch.Tensor:
         # One backbone pass over support and query together: half the kernel launches, one BN batch.
         features = self.features(torch.cat([support_images, query_images]))
         n_support = support_images.shape[0]
-        return self.classify(features[:n_support], support_labels, features[n_support:])
+        return self.classify_task(features[:n_support], support_labels, features[n_support:])
 
 
 def same_shapes(tasks: list[Task]) -> bool:
@@ -166,3 +229,4 @@ def class_means(features: torch.Tensor, labels: torch.Tensor, num_classes: int |
     # A one-hot matrix product: on CPU, index_add_ is orders of magnitude slower for these small shapes.
     one_hot = torch.nn.functional.one_hot(labels, num_classes).transpose(-1, -2).to(features.dtype)
     return (one_hot @ features) / one_hot.sum(-1, keepdim=True).clamp_min(1)
+

@@ -32,6 +32,9 @@ class ModelSpec:
         test_views / test_augment: test-time augmentation (``FewShotMethod.set_test_views``; metric methods and
             head-only optimization methods): features averaged over ``test_views`` seeded transforms drawn from
             ``test_augment`` (None: the method's default transforms).
+        transductive_steps / transductive_temperature: refinements of a task's classes by its unlabelled queries
+            at test time, and the temperature of the probabilities that weigh them
+            (``FewShotMethod.set_transductive_steps``; 0 steps: each query is classified on its own).
         temperature: probabilities are ``softmax(logits / temperature)``; 1 unless fitted by ``fewshot calibrate``
             (:func:`fewshot.evaluation.calibration.fit_temperature`). It never changes a prediction.
     """
@@ -44,6 +47,8 @@ class ModelSpec:
     invert: bool = False
     test_views: int = 1
     test_augment: str | None = None  # None: the method's default
+    transductive_steps: int = 0
+    transductive_temperature: float = 1.0
     temperature: float = 1.0
 
     def build(self) -> FewShotMethod:
@@ -51,6 +56,8 @@ class ModelSpec:
         model = make_method(self.method, backbone, **self.method_options)
         if self.test_views > 1:
             model.set_test_views(self.test_views, self.test_augment)
+        if self.transductive_steps:
+            model.set_transductive_steps(self.transductive_steps, self.transductive_temperature)
         return model
 
     def to_dict(self) -> dict[str, Any]:
@@ -157,16 +164,22 @@ def load_initial_weights(model: FewShotMethod, spec: ModelSpec, path: str | Path
 
 
 def load_model(
-    path: str | Path, device: str | torch.device = "cpu", test_views: int | None = None
+    path: str | Path, device: str | torch.device = "cpu", test_views: int | None = None,
+    transductive_steps: int | None = None, transductive_temperature: float | None = None,
 ) -> tuple[FewShotMethod, ModelSpec]:
     """Rebuild the model saved at ``path`` (run folder or ``.pt``) in eval mode.
 
-    ``test_views`` overrides the number of test-time views saved with the model (1 turns them off).
+    ``test_views`` overrides the number of test-time views saved with the model (1 turns them off);
+    ``transductive_steps`` and ``transductive_temperature`` its transductive refinements (0 steps: none).
     """
     checkpoint = read_checkpoint(path)
     spec = ModelSpec.from_dict(checkpoint["spec"])
     if test_views is not None:
         spec = replace(spec, test_views=test_views)
+    if transductive_steps is not None:
+        spec = replace(spec, transductive_steps=transductive_steps)
+    if transductive_temperature is not None:
+        spec = replace(spec, transductive_temperature=transductive_temperature)
     model = spec.build()
     load_state(model, spec, checkpoint, str(path))
     return model.to(device).eval(), spec

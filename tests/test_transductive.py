@@ -1,0 +1,95 @@
+"""Transductive inference: a task's unlabelled queries refine its classes (soft k-means on the features)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fewshot.backbones import make_backbone
+from fewshot.data import load_dataset
+from fewshot.methods import ProtoNet, make_method
+from fewshot.methods.siamese import SiameseNet
+from fewshot.training.checkpoint import ModelSpec, load_model, save_checkpoint
+from tests.helpers import assert_cached_evaluation_matches_per_task
+
+
+def _offset_support_task() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Two query clusters at (0, 0) and (2, 0) whose one support image each lies 1 off centre, both to the right:
+    alone, the supports misclassify the queries of class 1 that lie left of its centre."""
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.0, 0.0], [2.0, 0.0]])
+    support = torch.tensor([[1.0, 0.0], [3.0, 0.0]])
+    query = centres.repeat_interleave(8, 0) + 0.3 * torch.randn(16, 2, generator=generator)
+    return support, torch.tensor([0, 1]), query, torch.arange(2).repeat_interleave(8)
+
+
+def test_protonet_queries_pull_the_prototypes_to_their_clusters():
+    support, labels, query, query_labels = _offset_support_task()
+    model = ProtoNet(torch.nn.Identity()).eval()
+    inductive = model.classify_task(support, labels, query)
+    assert torch.equal(inductive, model.classify(support, labels, query))
+    assert (inductive.argmax(1) == query_labels).float().mean() < 0.9
+    model.set_transductive_steps(5)
+    assert (model.classify_task(support, labels, query).argmax(1) == query_labels).all()
+    # One step by hand (soft k-means): a prototype is its support plus the queries weighted by their probability of
+    # its class at the model's temperature.
+    model.set_transductive_steps(1, temperature=2.0)
+    weights = (inductive / 2.0).softmax(1)
+    prototypes = (support + weights.T @ query) / (1 + weights.sum(0))[:, None]
+    expected = -torch.cdist(query, prototypes) ** 2
+    assert torch.allclose(model.classify_task(support, labels, query), expected, atol=1e-5)
+    # The queries' order does not matter; batched episodes give the same logits; training ignores the steps.
+    order = torch.randperm(len(query), generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(model.classify_task(support, labels, query[order]), expected[order], atol=1e-5)
+    batched = model.classify_task(support.expand(3, -1, -1), labels.expand(3, -1), query.expand(3, -1, -1))
+    assert torch.allclose(batched[1], expected, atol=1e-5)
+    assert torch.equal(model.train().classify_task(support, labels, query), inductive)
+
+
+def test_every_support_image_moves_with_its_class_and_unit_features_stay_unit():
+    torch.manual_seed(0)
+    model = SiameseNet(torch.nn.Identity(), loss="triplet", aggregate="mean").eval()
+    support = F.normalize(torch.randn(4, 3), dim=-1)
+    labels, query = torch.tensor([0, 0, 1, 1]), F.normalize(torch.randn(5, 3), dim=-1)
+    inductive = model.classify(support, labels, query)
+    model.set_transductive_steps(1)
+    weights = inductive.softmax(1)
+    shift = (weights.T @ query - weights.sum(0)[:, None] * torch.stack([support[:2].mean(0), support[2:].mean(0)]))
+    shift = shift / (2 + weights.sum(0))[:, None]  # new class mean minus old, for 2 shots per class
+    moved = F.normalize(support + shift[labels], dim=-1)
+    assert torch.allclose(model.classify_task(support, labels, query), model.classify(moved, labels, query), atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["protonet", "memorynet", "matchingnet", "relationnet", "siamese"])
+def test_cached_evaluation_matches_task_by_task_with_transductive_steps(method):
+    torch.manual_seed(0)
+    model = make_method(method, make_backbone("conv4", hidden=8), **({"image_size": 28} if method in (
+        "memorynet", "matchingnet") else {})).eval()
+    model.set_transductive_steps(3)
+    data = load_dataset("glyphs", split="evaluation", glyph_classes=20)
+    assert_cached_evaluation_matches_per_task(model, data)
+    model.eval()  # the helper's wrapper leaves it in training mode
+    with torch.no_grad():  # and the steps change the logits, so the check above checked them
+        task_features = model.features(data.load_many(range(10)))
+        labels = torch.arange(5).repeat(1)
+        refined = model.classify_task(task_features[:5], labels, task_features[5:])
+        assert not torch.allclose(refined, model.classify(task_features[:5], labels, task_features[5:]))
+
+
+def test_transductive_steps_travel_in_the_checkpoint_and_are_refused_where_unsupported(tmp_path):
+    spec = ModelSpec("protonet", "conv4", {}, {"hidden": 8}, transductive_steps=4, transductive_temperature=0.5)
+    model = spec.build()
+    assert (model.transductive_steps, model.transductive_temperature) == (4, 0.5)
+    save_checkpoint(tmp_path / "best.pt", model, spec)
+    assert load_model(tmp_path)[0].transductive_temperature == 0.5
+    assert load_model(tmp_path, transductive_steps=0)[0].transductive_steps == 0
+    assert load_model(tmp_path, transductive_temperature=0.1)[0].transductive_temperature == 0.1
+    old = {k: v for k, v in spec.to_dict().items() if k != "transductive_steps"}  # checkpoints before the option
+    assert ModelSpec.from_dict(old).transductive_steps == 0
+    with pytest.raises(ValueError, match="0 or more"):
+        model.set_transductive_steps(-1)
+    with pytest.raises(ValueError, match="temperature must be positive"):
+        model.set_transductive_steps(2, temperature=0.0)
+    with pytest.raises(ValueError, match="no per-image features"):
+        make_method("maml", make_backbone("conv4", hidden=8), ways=5).set_transductive_steps(2)
