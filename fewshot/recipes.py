@@ -69,7 +69,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     # and narrower first block gained the siamese recipe 1.9 points on Sanskrit validation but nothing over the
     # alphabet folds (82.6% against 82.4%, paired +0.2 ± 1.5; docs/results.md, "Session 12"); they are here since
     # session 19, at twice the episodes per second, so that the fold runs behind the transductive figures are this
-    # recipe's.
+    # recipe's. Its refinement helps 1-shot tasks but cost 1.6 to 3.8 points on 5-shot ones with 5 queries per
+    # class in the bench (docs/results.md, "Session 19"): use --transductive-steps 0 there.
     "omniglot-siamese": {**_OMNIGLOT, "method": "siamese", "ways": 30, "test_views": 16, "flips": True,
                          "backbone_options": "hidden=(32,64,64,64)",
                          "method_options": "loss=triplet,margin=0.5,mining=batch_hard", **_transductive(0.1)},
