@@ -40,7 +40,8 @@ TRAIN_DEFAULTS: dict[str, Any] = {
 }
 TRANSDUCTIVE_HELP = ("metric methods: at test time, refine each task's classes this many times with its unlabelled "
                      "queries (soft k-means on the features), so that queries given together inform each other")
-TEMPERATURE_HELP = "the queries weigh in the transductive steps by softmax(logits / this)"
+TEMPERATURE_HELP = ("the queries weigh in the transductive steps by softmax(logits * K / this), K shots per "
+                    "class")
 FIXED_HEAD_METHODS = ("maml", "metasgd", "anil", "mann")
 DATA_KEYS = ("dataset", "root", "split", "image_size", "rotations", "flips", "val_alphabets", "val_fraction",
              "holdout_alphabets", "final", "seed")

@@ -346,3 +346,23 @@ def test_init_with_another_backbone_or_channels_is_refused(tmp_path, capsys):
     common = ["train", "--dataset", "glyphs", "--episodes", "2", "--out", str(tmp_path / "cli")]
     assert main([*common, "--init", str(tmp_path / "missing")]) == 2
     assert "checkpoint" in capsys.readouterr().err and not (tmp_path / "cli").exists()
+
+
+def test_validation_is_inductive_and_the_checkpoint_keeps_its_transductive_steps(tmp_path, monkeypatch):
+    import fewshot.training.trainer as trainer_module
+
+    seen = []
+    real_evaluate = trainer_module.evaluate
+
+    def spy(model, *args, **kwargs):
+        seen.append(model.transductive_steps)
+        return real_evaluate(model, *args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "evaluate", spy)
+    config = small_config(model=ModelSpec("protonet", "conv4", {}, {"hidden": 16}, (1, 16, 16),
+                                          transductive_steps=3, transductive_temperature=0.5))
+    trainer = Trainer(config, blob_dataset(), blob_dataset(seed=1), tmp_path / "run")
+    trainer.fit(show_progress=False)
+    assert seen[:3] == [0, 0, 0]  # the three checks chose best.pt on inductive accuracy
+    assert trainer.model.transductive_steps == 3
+    assert load_model(tmp_path / "run")[0].transductive_steps == 3

@@ -53,8 +53,8 @@ def test_every_support_image_moves_with_its_class_and_unit_features_stay_unit():
     support = F.normalize(torch.randn(4, 3), dim=-1)
     labels, query = torch.tensor([0, 0, 1, 1]), F.normalize(torch.randn(5, 3), dim=-1)
     inductive = model.classify(support, labels, query)
-    model.set_transductive_steps(1)
-    weights = inductive.softmax(1)
+    model.set_transductive_steps(1, temperature=0.5)
+    weights = (inductive * 2 / 0.5).softmax(1)  # the temperature is divided by the 2 shots per class
     shift = (weights.T @ query - weights.sum(0)[:, None] * torch.stack([support[:2].mean(0), support[2:].mean(0)]))
     shift = shift / (2 + weights.sum(0))[:, None]  # new class mean minus old, for 2 shots per class
     moved = F.normalize(support + shift[labels], dim=-1)
