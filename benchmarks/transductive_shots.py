@@ -3,7 +3,7 @@
 The temperature of a metric recipe was chosen on 1-shot tasks. ``classify_task`` divides it by the shots per class
 K; this script scores, on each fold's validation alphabet (never a held-out one), the fold checkpoints of
 ``benchmarks/alphabet_folds.sh`` inductively and with 10 steps at several effective temperatures for the same
-seeded K-shot tasks:
+seeded K-shot tasks (K = 5, 2 and 3):
 
 - ``T``: the recipe's temperature unchanged at K shots (the rule until session 20);
 - ``T/2``: halved;
@@ -28,7 +28,7 @@ from fewshot.evaluation.evaluate import evaluate
 from fewshot.training.checkpoint import load_model
 
 VALIDATION = {"F1": "Early_Aramaic", "F2": "Sanskrit", "F3": "Japanese_(katakana)", "F4": "Sanskrit"}
-SETTINGS = ((20, 5, 5), (5, 5, 5), (20, 5, 1))  # ways, shots, queries per class
+SETTINGS = ((20, 5, 5), (5, 5, 5), (20, 5, 1), (20, 2, 5), (20, 3, 5))  # ways, shots, queries per class
 
 
 def main() -> None:
