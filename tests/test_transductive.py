@@ -61,6 +61,18 @@ def test_every_support_image_moves_with_its_class_and_unit_features_stay_unit():
     assert torch.allclose(model.classify_task(support, labels, query), model.classify(moved, labels, query), atol=1e-5)
 
 
+def test_the_temperature_is_divided_by_the_mean_shots_per_class_also_when_classes_differ():
+    torch.manual_seed(0)
+    model = ProtoNet(torch.nn.Identity()).eval()
+    support, labels = torch.randn(4, 3), torch.tensor([0, 0, 0, 1])  # 3 shots and 1: 2 per class on average
+    query = torch.randn(6, 3)
+    model.set_transductive_steps(1, temperature=3.0)
+    weights = (model.classify(support, labels, query) / 1.5).softmax(1)
+    sums = torch.stack([support[:3].sum(0), support[3]])
+    prototypes = (sums + weights.T @ query) / (torch.tensor([3.0, 1.0]) + weights.sum(0))[:, None]
+    assert torch.allclose(model.classify_task(support, labels, query), -torch.cdist(query, prototypes) ** 2, atol=1e-5)
+
+
 @pytest.mark.parametrize("method", ["protonet", "memorynet", "matchingnet", "relationnet", "siamese"])
 def test_cached_evaluation_matches_task_by_task_with_transductive_steps(method):
     torch.manual_seed(0)
