@@ -86,6 +86,10 @@ declare -A VARIANTS=(
   # ProtoNet option since removed: validation 77.3 against 88.6% after 3500 episodes
   [ZT0_transductive]="protonet --augment $AFFINE,elastic=1.5:4 --flips --backbone-options hidden=(32,64,64,64) --transductive-steps 10"
   [W3_anil_shared_5steps]="anil --method-options inner_steps=5,inner_lr=0.1,test_inner_steps=5,shared_head=True"
+  # Session 21: ProtoNet's recipe validating and saving a moving average of its weights (--weight-average); each
+  # run's last.pt keeps the trained weights of the same trajectory, the paired baseline
+  [ZE1_average999]="protonet --weight-average 0.999"
+  [ZE2_average995]="protonet --weight-average 0.995"
 )
 names=("$@")
 [ ${#names[@]} -gt 0 ] || names=(A_base B_within C_size40 D_elastic E_el15_within F_el3 G_el_lr2 H_el_q2 I_el_pools3 J_el2
