@@ -86,10 +86,16 @@ declare -A VARIANTS=(
   # ProtoNet option since removed: validation 77.3 against 88.6% after 3500 episodes
   [ZT0_transductive]="protonet --augment $AFFINE,elastic=1.5:4 --flips --backbone-options hidden=(32,64,64,64) --transductive-steps 10"
   [W3_anil_shared_5steps]="anil --method-options inner_steps=5,inner_lr=0.1,test_inner_steps=5,shared_head=True"
-  # Session 21: ProtoNet's recipe validating and saving a moving average of its weights (--weight-average); each
-  # run's last.pt keeps the trained weights of the same trajectory, the paired baseline
-  [ZE1_average999]="protonet --weight-average 0.999"
-  [ZE2_average995]="protonet --weight-average 0.995"
+  # Session 21: ZE1_average999 and ZE2_average995 (a moving average of the weights validated and saved, decay 0.999
+  # and 0.995, each run's last.pt the trained weights of the same trajectory) ran at commit 237f00f; and two choices
+  # first probed on Early_Aramaic (near its ceiling), again on Sanskrit with the recipe
+  [ZP3_pools3]="protonet --backbone-options pools=3"
+  [ZB2_within]="protonet --within-alphabet"
+  # Session 21: pooling before batch norm and ReLU (a third less time per step in fp32) in every block (stopped
+  # after 1000 episodes: validation 56.6 against 73.6% for the recipe at that point), and in the first two only
+  [ZO_pool_first]="protonet --backbone-options pool_first=4"
+  [ZO2_pool_first2]="protonet --backbone-options pool_first=2"
+  [ZO1_pool_first1]="protonet --backbone-options pool_first=1"
 )
 names=("$@")
 [ ${#names[@]} -gt 0 ] || names=(A_base B_within C_size40 D_elastic E_el15_within F_el3 G_el_lr2 H_el_q2 I_el_pools3 J_el2

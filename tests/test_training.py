@@ -255,7 +255,6 @@ def test_method_options_are_parsed():
 @pytest.mark.parametrize(("setting", "value", "flag"), [
     ("val_every", 0, "--val-every"), ("meta_batch", 0, "--meta-batch"), ("grad_clip", -1.0, "--grad-clip"),
     ("time_budget", 0, "--time-budget"), ("lr", float("nan"), "--lr"), ("ways", 2.5, "--ways"),
-    ("weight_average", 1.0, "--weight-average"),
 ])
 def test_bad_training_settings_are_refused_up_front(setting, value, flag):
     with pytest.raises(ValueError, match=flag):
@@ -367,48 +366,3 @@ def test_validation_is_inductive_and_the_checkpoint_keeps_its_transductive_steps
     assert seen[:3] == [0, 0, 0]  # the three checks chose best.pt on inductive accuracy
     assert trainer.model.transductive_steps == 3
     assert load_model(tmp_path / "run")[0].transductive_steps == 3
-
-
-def test_weight_average_follows_the_warmed_up_decay_and_is_what_best_pt_holds(tmp_path):
-    """Each step moves the average towards the weights by 1 - min(decay, (1 + n) / (10 + n)) after n updates."""
-    decay = 0.8
-    trainer = Trainer(small_config(weight_average=decay), blob_dataset(), None, tmp_path / "run")
-    expected = {k: v.clone() for k, v in trainer.model.state_dict().items() if v.is_floating_point()}
-    for episode in range(5):
-        trainer.step(episode, lr=0.01)
-        current = trainer.model.state_dict()
-        weight = 1.0 if episode == 0 else 1.0 - min(decay, (1.0 + episode) / (10.0 + episode))
-        expected = {k: v + weight * (current[k] - v) for k, v in expected.items()}
-    averaged = trainer.averaged.module.state_dict()
-    for key, value in expected.items():
-        torch.testing.assert_close(averaged[key], value, rtol=1e-5, atol=1e-6, msg=key)
-    moved = [k for k in expected if not torch.allclose(averaged[k], trainer.model.state_dict()[k])]
-    assert moved, "the average should differ from the trained weights"
-
-    final = Trainer(small_config(weight_average=decay), blob_dataset(), None, tmp_path / "final")
-    final.fit(show_progress=False)
-    best = read_checkpoint(tmp_path / "final" / "best.pt")["model"]
-    last = read_checkpoint(tmp_path / "final" / "last.pt")
-    for key, value in final.averaged.module.state_dict().items():
-        assert torch.equal(best[key], value), key
-        assert torch.equal(last["model"][key], final.model.state_dict()[key]), key
-    assert "averaged" in last
-
-
-def test_resume_with_weight_average_matches_an_uninterrupted_run(tmp_path):
-    train, val = blob_dataset(), blob_dataset(seed=1)
-    whole = Trainer(small_config(weight_average=0.9), train, val, tmp_path / "whole")
-    whole.fit(show_progress=False)
-    killed = Trainer(small_config(weight_average=0.9), train, val, tmp_path / "killed")
-    killed.fit(show_progress=False, stop_after=6)
-    resumed = Trainer(small_config(weight_average=0.9), train, val, tmp_path / "killed")
-    resumed.resume()
-    resumed.fit(show_progress=False)
-    for key, value in whole.averaged.module.state_dict().items():
-        assert torch.equal(value, resumed.averaged.module.state_dict()[key]), key
-    assert [r["val_accuracy"] for r in resumed.rows] == [r["val_accuracy"] for r in whole.rows]
-
-    plain = Trainer(small_config(), train, val, tmp_path / "plain")
-    plain.fit(show_progress=False, stop_after=4)
-    with pytest.raises(TrainingError, match="without it"):
-        Trainer(small_config(weight_average=0.9), train, val, tmp_path / "plain").resume()
