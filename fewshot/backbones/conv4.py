@@ -10,13 +10,15 @@ from torch import nn
 POOLING = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d}
 
 
-def conv_block(
-    in_channels: int, out_channels: int, pool: bool = True, pooling: str = "max", pool_first: bool = False
-) -> nn.Sequential:
-    conv = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False)
-    norm = [nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)]
-    pooled = [POOLING[pooling](2)] if pool else []
-    return nn.Sequential(conv, *pooled, *norm) if pool_first else nn.Sequential(conv, *norm, *pooled)
+def conv_block(in_channels: int, out_channels: int, pool: bool = True, pooling: str = "max") -> nn.Sequential:
+    layers: list[nn.Module] = [
+        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    ]
+    if pool:
+        layers.append(POOLING[pooling](2))
+    return nn.Sequential(*layers)
 
 
 class Conv4(nn.Module):
@@ -30,15 +32,11 @@ class Conv4(nn.Module):
             map for 28x28 images, so the features (``hidden * 9``) keep where strokes are (same cost).
         pooling: ``"max"`` (the papers) or ``"avg"``.
         flatten: return flat vectors; ``False`` keeps the ``[B, hidden, h, w]`` maps (Relation networks).
-        pool_first: how many blocks, from the first, run conv, pool, batch norm, ReLU instead of conv, batch norm,
-            ReLU, pool (default 0). Batch norm and ReLU then run on a quarter of the pixels, and the first blocks
-            hold most of them: with 2, a CPU training step in fp32 takes about two thirds of the time. Not the same
-            function in training: batch norm's statistics are those of the pooled maps.
     """
 
     def __init__(
         self, in_channels: int = 1, hidden: int | Sequence[int] = 64, depth: int = 4, flatten: bool = True,
-        pools: int | None = None, pooling: str = "max", pool_first: int = 0,
+        pools: int | None = None, pooling: str = "max",
     ) -> None:
         super().__init__()
         widths = [int(hidden)] * depth if isinstance(hidden, int) else [int(h) for h in hidden]
@@ -46,14 +44,11 @@ class Conv4(nn.Module):
         pools = depth if pools is None else pools
         if not 0 <= pools <= depth:
             raise ValueError(f"Conv-4: pools must be between 0 and depth={depth} (got {pools})")
-        if not 0 <= pool_first <= pools:
-            raise ValueError(f"Conv-4: pool_first counts blocks that pool, from 0 to pools={pools} (got {pool_first})")
         if pooling not in POOLING:
             raise ValueError(f"Conv-4: unknown pooling {pooling!r}; choose one of {', '.join(POOLING)}")
         channels = [in_channels, *widths]
         self.blocks = nn.Sequential(*[
-            conv_block(channels[i], channels[i + 1], pool=i < pools, pooling=pooling, pool_first=i < pool_first)
-            for i in range(depth)
+            conv_block(channels[i], channels[i + 1], pool=i < pools, pooling=pooling) for i in range(depth)
         ])
         self.flatten = flatten
         self.min_size = 2**pools
