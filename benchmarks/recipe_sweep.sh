@@ -91,11 +91,10 @@ declare -A VARIANTS=(
   # first probed on Early_Aramaic (near its ceiling), again on Sanskrit with the recipe
   [ZP3_pools3]="protonet --backbone-options pools=3"
   [ZB2_within]="protonet --within-alphabet"
-  # Session 21: pooling before batch norm and ReLU (a third less time per step in fp32) in every block (stopped
-  # after 1000 episodes: validation 56.6 against 73.6% for the recipe at that point), and in the first two only
-  [ZO_pool_first]="protonet --backbone-options pool_first=4"
-  [ZO2_pool_first2]="protonet --backbone-options pool_first=2"
-  [ZO1_pool_first1]="protonet --backbone-options pool_first=1"
+  # Session 21: ZO_pool_first, ZO2_pool_first2 and ZO1_pool_first1 (max-pooling before batch norm and ReLU in every
+  # block, in the first two, in the first one: --backbone-options pool_first=4, 2, 1) ran at commit ed314b7
+  [ZX1_auxiliary1]="protonet --method-options auxiliary_classes=1088,auxiliary_weight=1.0"
+  [ZX3_auxiliary03]="protonet --method-options auxiliary_classes=1088,auxiliary_weight=0.3"
 )
 names=("$@")
 [ ${#names[@]} -gt 0 ] || names=(A_base B_within C_size40 D_elastic E_el15_within F_el3 G_el_lr2 H_el_q2 I_el_pools3 J_el2
