@@ -93,8 +93,11 @@ declare -A VARIANTS=(
   [ZB2_within]="protonet --within-alphabet"
   # Session 21: ZO_pool_first, ZO2_pool_first2 and ZO1_pool_first1 (max-pooling before batch norm and ReLU in every
   # block, in the first two, in the first one: --backbone-options pool_first=4, 2, 1) ran at commit ed314b7
-  [ZX1_auxiliary1]="protonet --method-options auxiliary_classes=1088,auxiliary_weight=1.0"
-  [ZX3_auxiliary03]="protonet --method-options auxiliary_classes=1088,auxiliary_weight=0.3"
+  # ZX1_auxiliary1 and ZX3_auxiliary03 (an auxiliary cross-entropy over the 1088 training classes on the same
+  # features, weight 1 and 0.3: --method-options auxiliary_classes=1088,auxiliary_weight=W) ran at commit fcaca33
+  # Matching networks: the recipe as it stands, and its cosine attention starting from scale 30 instead of 10
+  [X1_matchingnet_recipe]="matchingnet"
+  [XS_matchingnet_scale30]="matchingnet --method-options scale=30"
 )
 names=("$@")
 [ ${#names[@]} -gt 0 ] || names=(A_base B_within C_size40 D_elastic E_el15_within F_el3 G_el_lr2 H_el_q2 I_el_pools3 J_el2

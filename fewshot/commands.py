@@ -32,8 +32,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "val_alphabets": None, "val_fraction": 0.2, "holdout_alphabets": None, "final": False,
     "ways": 60, "shots": 1, "queries": 5,
     "within_alphabet": False, "meta_batch": 1, "episodes": 5000, "time_budget": None,
-    "lr": 1e-3, "lr_schedule": "cosine", "weight_decay": 0.0, "grad_clip": None, "weight_average": 0.0,
-    "augment": "none",
+    "lr": 1e-3, "lr_schedule": "cosine", "weight_decay": 0.0, "grad_clip": None, "augment": "none",
     "val_every": 500, "val_episodes": 300, "val_ways": 20, "val_shots": 1, "val_queries": 5,
     "val_within_alphabet": True, "test_views": 1, "test_augment": None,
     "transductive_steps": 0, "transductive_temperature": 1.0,
@@ -164,7 +163,7 @@ def build_train_config(s: dict[str, Any], train: FewShotDataset):
     if precision == "auto":
         precision = default_precision(resolve_device(s["device"])) if model.build().bf16_training_safe else "fp32"
     fields = ("ways", "shots", "queries", "meta_batch", "episodes", "time_budget", "lr", "lr_schedule", "weight_decay",
-              "grad_clip", "weight_average", "augment", "val_every", "val_episodes", "val_ways", "val_shots", "val_queries",
+              "grad_clip", "augment", "val_every", "val_episodes", "val_ways", "val_shots", "val_queries",
               "seed", "device", "channels_last", "init")
     return TrainConfig(model=model, precision=precision, val_within_group=s["val_within_alphabet"],
                        within_group=s["within_alphabet"],
@@ -494,9 +493,6 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr-schedule", choices=("cosine", "step", "constant"))
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--grad-clip", type=float)
-    p.add_argument("--weight-average", type=float, metavar="DECAY",
-                   help="validate and save a moving average of the weights with this decay per step, e.g. 0.999 "
-                   "(default 0: off)")
     p.add_argument("--augment", help="e.g. 'rotation=10,shear=5,scale=0.9:1.1,shift=0.1,elastic=8:4' or none")
     p.add_argument("--val-every", type=int)
     p.add_argument("--val-episodes", type=int)

@@ -20,28 +20,14 @@ class ProtoNet(MetricMethod):
         cosine_scale: initial value of the learnable temperature used with the cosine distance.
     """
 
-    def __init__(self, backbone: nn.Module, distance: str = "euclidean", cosine_scale: float = 10.0,
-                 auxiliary_classes: int = 0, auxiliary_weight: float = 1.0, feature_dim: int = 64) -> None:
+    def __init__(self, backbone: nn.Module, distance: str = "euclidean", cosine_scale: float = 10.0) -> None:
         super().__init__(backbone)
-        self.auxiliary_weight = auxiliary_weight
-        self.auxiliary_head = nn.Linear(feature_dim, auxiliary_classes) if auxiliary_classes else None
         if distance not in ("euclidean", "cosine"):
             raise ValueError(f"distance must be 'euclidean' or 'cosine' (got {distance!r})")
         self.distance = distance
         self.scale = nn.Parameter(torch.tensor(float(cosine_scale))) if distance == "cosine" else None
 
     batched_classify = True
-
-    def loss(self, task):
-        if self.auxiliary_head is None:
-            return super().loss(task)
-        features = self.features(torch.cat([task.support_images, task.query_images]))
-        n_support = task.support_images.shape[0]
-        logits = self.classify_task(features[:n_support], task.support_labels, features[n_support:])
-        labels = torch.cat([task.support_labels, task.query_labels])
-        dataset_classes = torch.tensor(task.class_ids, device=labels.device)[labels]
-        auxiliary = F.cross_entropy(self.auxiliary_head(features.float()), dataset_classes)
-        return F.cross_entropy(logits, task.query_labels) + self.auxiliary_weight * auxiliary, logits
 
     def classify(
         self, support_features: torch.Tensor, support_labels: torch.Tensor, query_features: torch.Tensor

@@ -57,9 +57,6 @@ class TrainConfig:
     lr_schedule: str = "cosine"  # cosine | step | constant, over the episode or time budget
     weight_decay: float = 0.0
     grad_clip: float | None = None
-    # Exponential moving average of the weights (0: off). When on, validation, best.pt and a final run's best.pt
-    # use the average; last.pt keeps the trained weights and the average, for resume.
-    weight_average: float = 0.0
     augment: str = "none"  # AugmentConfig.from_string spec
     val_every: int = 500
     val_episodes: int = 300
@@ -85,9 +82,6 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and not value > 0:  # also refuses NaN
                 raise ValueError(f"--{name.replace('_', '-')} must be positive (got {value!r})")
-        if not 0 <= self.weight_average < 1:
-            raise ValueError(f"--weight-average is the decay of the moving average: 0 (off) or in (0, 1), "
-                             f"e.g. 0.999 (got {self.weight_average!r})")
         if not self.weight_decay >= 0:
             raise ValueError(f"--weight-decay must be 0 or more (got {self.weight_decay!r})")
         if self.lr_schedule not in ("cosine", "step", "constant"):
@@ -111,21 +105,6 @@ def learning_rate(config: TrainConfig, progress: float) -> float:
     if config.lr_schedule == "cosine":
         return config.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * progress)))
     raise ValueError(f"unknown lr schedule {config.lr_schedule!r}; choose cosine, step or constant")
-
-
-def moving_average_update(decay: float):
-    """``multi_avg_fn`` for :class:`~torch.optim.swa_utils.AveragedModel`: an exponential moving average whose decay
-    rises as ``(1 + n) / (10 + n)`` up to ``decay`` after ``n`` updates, so the early average does not linger on the
-    random initialisation; integer buffers (batch norm's counters) are copied."""
-
-    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], updates: torch.Tensor | int) -> None:
-        if not averaged[0].is_floating_point():
-            torch._foreach_copy_(averaged, current)
-            return
-        weight = 1.0 - min(decay, (1.0 + float(updates)) / (10.0 + float(updates)))
-        torch._foreach_lerp_(averaged, current, weight)
-
-    return update
 
 
 @dataclass
@@ -153,10 +132,6 @@ class Trainer:
         # fused: one kernel for all parameters instead of ~10 small ops per tensor, which dominate small nets.
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
                                           fused=True)
-        self.averaged = None
-        if config.weight_average:
-            self.averaged = torch.optim.swa_utils.AveragedModel(
-                self.model, multi_avg_fn=moving_average_update(config.weight_average), use_buffers=True)
         self.augment = AugmentConfig.from_string(config.augment)
         self.sampler = TaskSampler(train_set, config.ways, config.shots, config.queries, config.episodes, config.seed,
                                    within_group=config.within_group)
@@ -174,15 +149,8 @@ class Trainer:
         self._updating = False  # inside an optimizer update (see step)
 
     # -- state -----------------------------------------------------------------------------------
-    @property
-    def selected_model(self) -> torch.nn.Module:
-        """The weights that are validated and saved as ``best.pt``: the moving average when there is one."""
-        return self.model if self.averaged is None else self.averaged.module
-
     def _state(self) -> dict[str, Any]:
-        averaged = {} if self.averaged is None else {"averaged": self.averaged.state_dict()}
         return {
-            **averaged,
             "optimizer": self.optimizer.state_dict(),
             "episode": self.episode,
             "elapsed": self.elapsed,
@@ -203,11 +171,6 @@ class Trainer:
         checkpoint = read_checkpoint(source)
         load_state(self.model, self.config.model, checkpoint, str(self.run_dir))
         self.optimizer.load_state_dict(checkpoint["optimizer"])
-        if self.averaged is not None:
-            if "averaged" not in checkpoint:
-                raise TrainingError(f"cannot resume {self.run_dir} with --weight-average: its last.pt was written "
-                                    "without it; resume with the run's own settings")
-            self.averaged.load_state_dict(checkpoint["averaged"])
         self.episode, self.elapsed = checkpoint["episode"], checkpoint["elapsed"]
         self.best_val, self.rows, self.running = checkpoint["best_val"], checkpoint["rows"], checkpoint["running"]
 
@@ -246,8 +209,6 @@ class Trainer:
         # Between the update and the count the state is half-done: an interrupt there must not be saved.
         self._updating = True
         self.optimizer.step()
-        if self.averaged is not None:
-            self.averaged.update_parameters(self.model)
         self.episode = episode + 1
         self._updating = False
         self.running["loss"] += float(loss.detach())
@@ -265,16 +226,15 @@ class Trainer:
         # Checkpoints are chosen on inductive accuracy: transductive steps multiply the cost of classifying a task
         # by steps + 1, and for the relation network they took most of a 5-minute budget (750 training episodes
         # instead of 3250). The fold checkpoints behind the transductive figures were chosen inductively too.
-        model = self.selected_model
-        views, steps = model.test_views, model.transductive_steps
-        if not isinstance(model, MetricMethod):
-            model.test_views = 1
-        model.transductive_steps = 0
+        views, steps = self.model.test_views, self.model.transductive_steps
+        if not isinstance(self.model, MetricMethod):
+            self.model.test_views = 1
+        self.model.transductive_steps = 0
         try:
             # Always full precision: model selection should not depend on the speed options of training.
-            result = evaluate(model, self.val_set, 0, 0, specs=self.val_specs, device=self.device)
+            result = evaluate(self.model, self.val_set, 0, 0, specs=self.val_specs, device=self.device)
         finally:
-            model.test_views, model.transductive_steps = views, steps
+            self.model.test_views, self.model.transductive_steps = views, steps
         return result.accuracy, result.ci95
 
     def log(self, lr: float) -> dict:
@@ -292,7 +252,7 @@ class Trainer:
         }
         # best.pt before the row, the row before last.pt: a run interrupted in between redoes this check on resume.
         if val_accuracy is not None and (self.best_val is None or val_accuracy > self.best_val):
-            save_checkpoint(self.run_dir / "best.pt", self.selected_model, self.config.model, episode=self.episode,
+            save_checkpoint(self.run_dir / "best.pt", self.model, self.config.model, episode=self.episode,
                             val_accuracy=val_accuracy)
             self.best_val = val_accuracy
         self.rows.append(row)
@@ -354,7 +314,7 @@ class Trainer:
         finally:
             bar.close()
         if self.val_set is None:  # a final run selects nothing: its best is its last
-            save_checkpoint(self.run_dir / "best.pt", self.selected_model, self.config.model, episode=self.episode)
+            save_checkpoint(self.run_dir / "best.pt", self.model, self.config.model, episode=self.episode)
         else:
             self.calibrate_best()
         self.plot()
