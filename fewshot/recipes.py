@@ -38,7 +38,8 @@ _ELASTIC: dict[str, Any] = {
 # are refined with its unlabelled queries by 10 soft k-means steps on the features, each query weighed by
 # softmax(logits * K / temperature) at K shots. On the four folds' validation alphabets, 20-way 1-shot with one
 # query per class as in Lake's runs, it gained 1.4 (relationnet) to 3.5 points, at a temperature chosen there per
-# method from 0.05 to 2 (the methods' logits have different scales). On the held-out alphabets: +2.6 to +2.9 points
+# method from 0.05 to 2 (the methods' logits have different scales; matching networks' 1 became 3 when their
+# attention's scale went from about 11 to 30). On the held-out alphabets: +2.6 to +2.9 points
 # for protonet, memorynet, siamese and matchingnet (docs/results.md, "Session 19"). Not for the relation network:
 # +1.0 ± 1.4 there (not significant), at 16 times its evaluation time (each step runs the relation module on every
 # class-query pair again; docs/results.md, "Session 20").
