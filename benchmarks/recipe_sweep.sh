@@ -98,6 +98,15 @@ declare -A VARIANTS=(
   # Matching networks: the recipe as it stands, and its cosine attention starting from scale 30 instead of 10
   [X1_matchingnet_recipe]="matchingnet"
   [XS_matchingnet_scale30]="matchingnet --method-options scale=30"
+  # Session 22: the relation network's recipe, with cross-entropy on its logits instead of the squared error of its
+  # scores, and with a third pooled block (3x3 maps: a cheaper relation module); matching networks from scale 50
+  [R1_relationnet_recipe]="relationnet"
+  [R2_relationnet_ce]="relationnet --method-options class_pooling=mean,loss=ce"
+  [R3_relationnet_pool3]="relationnet --method-options class_pooling=mean,embedding_pool_layers=3"
+  [XS50_matchingnet_scale50]="matchingnet --method-options scale=50"
+  # both of the relation network's changes, on its 20-way tasks and on ProtoNet's 60-way ones
+  [R4_relationnet_ce_pool3]="relationnet --method-options class_pooling=mean,loss=ce,embedding_pool_layers=3"
+  [R5_relationnet_ce_pool3_60way]="relationnet --method-options class_pooling=mean,loss=ce,embedding_pool_layers=3 --ways 60"
 )
 names=("$@")
 [ ${#names[@]} -gt 0 ] || names=(A_base B_within C_size40 D_elastic E_el15_within F_el3 G_el_lr2 H_el_q2 I_el_pools3 J_el2

@@ -53,5 +53,5 @@ def test_matchingnet_recipe_starts_its_attention_at_scale_thirty_and_refines_at_
     # The learned scale hardly moves from where it starts; 30 beat 10 on validation and the folds (docs/results.md).
     settings = {**TRAIN_DEFAULTS, **get_recipe("omniglot-matchingnet"), "device": "cpu", "precision": "fp32"}
     model = build_train_config(settings, TensorDataset(torch.rand(6, 1, 28, 28), np.arange(6))).model.build()
-    assert float(model.scale) == 30.0 and model.scale.requires_grad
+    assert float(model.scale.detach()) == 30.0 and model.scale.requires_grad
     assert model.transductive_steps == 10 and model.transductive_temperature == 3.0
