@@ -81,7 +81,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     # classes and the first block of 32 channels since session 13: over the alphabet folds 81.7% against 80.5% at
     # 20-way 1-shot, paired +1.2 ± 1.5, ahead on 6 of 7 alphabets. The paper's squared error, not cross-entropy on
     # the logits: cross-entropy led by 4.9 points on a short Sanskrit sweep but not over the folds (-0.2 ± 0.8,
-    # docs/results.md, "Session 22").
+    # docs/results.md, "Session 22"). Two pooled embedding blocks (7x7 maps) as in the paper: a third (3x3 maps)
+    # trained twice the episodes but lost 18.4 points on Balinese in fold F1 (docs/results.md, "Session 23").
     "omniglot-relationnet": {**_OMNIGLOT, "method": "relationnet", "ways": 20, "flips": True,
                              "backbone_options": "hidden=(32,64,64,64)", "method_options": "class_pooling=mean"},
     # Matching networks trained like ProtoNet since session 12 (60-way tasks, mirrored classes, the first block of 32
