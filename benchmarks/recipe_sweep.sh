@@ -107,6 +107,14 @@ declare -A VARIANTS=(
   # both of the relation network's changes, on its 20-way tasks and on ProtoNet's 60-way ones
   [R4_relationnet_ce_pool3]="relationnet --method-options class_pooling=mean,loss=ce,embedding_pool_layers=3"
   [R5_relationnet_ce_pool3_60way]="relationnet --method-options class_pooling=mean,loss=ce,embedding_pool_layers=3 --ways 60"
+  # Session 24: an auxiliary prototypical loss on the embedding maps, weights 1 and 0.1
+  [RP1_relationnet_proto1]="relationnet --method-options class_pooling=mean,proto_weight=1"
+  [RP01_relationnet_proto01]="relationnet --method-options class_pooling=mean,proto_weight=0.1"
+  # and 2 queries per class in training instead of 5 (a fifth of the relation module's pairs per task), without and
+  # with the auxiliary loss
+  [RQ2_relationnet_queries2]="relationnet --queries 2"
+  [RQ2P1_relationnet_queries2_proto1]="relationnet --queries 2 --method-options class_pooling=mean,proto_weight=1"
+  [RQ1_relationnet_queries1]="relationnet --queries 1"
 )
 names=("$@")
 [ ${#names[@]} -gt 0 ] || names=(A_base B_within C_size40 D_elastic E_el15_within F_el3 G_el_lr2 H_el_q2 I_el_pools3 J_el2

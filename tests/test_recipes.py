@@ -55,3 +55,12 @@ def test_matchingnet_recipe_starts_its_attention_at_scale_thirty_and_refines_at_
     model = build_train_config(settings, TensorDataset(torch.rand(6, 1, 28, 28), np.arange(6))).model.build()
     assert float(model.scale.detach()) == 30.0 and model.scale.requires_grad
     assert model.transductive_steps == 10 and model.transductive_temperature == 3.0
+
+
+def test_relationnet_recipe_trains_on_two_queries_per_class_and_validates_on_five():
+    # Two training queries: 2.5 times fewer relation-module pairs per task, more tasks in the budget (session 24).
+    settings = {**TRAIN_DEFAULTS, **get_recipe("omniglot-relationnet"), "device": "cpu", "precision": "fp32"}
+    config = build_train_config(settings, TensorDataset(torch.rand(6, 1, 28, 28), np.arange(6)))
+    assert (config.ways, config.shots, config.queries) == (20, 1, 2)
+    assert config.val_queries == 5
+

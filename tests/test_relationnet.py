@@ -8,7 +8,7 @@ from fewshot.backbones import Conv4, ResNet12, make_backbone
 from fewshot.data import Task, TaskSampler, build_task, load_dataset
 from fewshot.evaluation.evaluate import evaluate
 from fewshot.methods import make_method
-from fewshot.methods.relationnet import RelationNet, relation_mse_loss
+from fewshot.methods.relationnet import RelationNet, map_distance_logits, relation_mse_loss
 from tests.helpers import assert_bf16_matches_fp32, assert_cached_evaluation_matches_per_task
 
 
@@ -123,6 +123,31 @@ def test_losses_mse_by_default_and_cross_entropy_as_option():
     ce_model = RelationNet(Conv4(), loss="ce")
     ce_loss, ce_logits = ce_model.loss(task)
     assert torch.allclose(ce_loss, F.cross_entropy(ce_logits, task.query_labels))
+
+
+def test_auxiliary_prototypical_loss_adds_distance_cross_entropy():
+    torch.manual_seed(0)
+    support, query = torch.randn(4, 3, 2, 2), torch.randn(2, 3, 2, 2)
+    labels = torch.tensor([0, 1, 1, 0])
+    logits = map_distance_logits(support, labels, query)
+    means = torch.stack([(support[0] + support[3]) / 2, (support[1] + support[2]) / 2])
+    by_hand = torch.stack([torch.stack([-((q - m) ** 2).sum() / 4 for m in means]) for q in query])
+    assert torch.allclose(logits, by_hand, atol=1e-5)
+
+    task = _glyph_task()
+    torch.manual_seed(1)
+    plain = RelationNet(Conv4()).train()
+    torch.manual_seed(1)
+    with_aux = RelationNet(Conv4(), proto_weight=0.5).train()
+    plain_loss, plain_logits = plain.loss(task)
+    aux_loss, aux_logits = with_aux.loss(task)
+    assert torch.allclose(plain_logits, aux_logits)  # prediction is the relation module's alone
+    maps = with_aux.embed(torch.cat([task.support_images, task.query_images]))
+    n = task.support_images.shape[0]
+    aux = F.cross_entropy(map_distance_logits(maps[:n], task.support_labels, maps[n:]), task.query_labels)
+    assert aux > 0 and torch.allclose(aux_loss, plain_loss + 0.5 * aux, atol=1e-5)
+    with pytest.raises(ValueError, match="proto_weight"):
+        RelationNet(Conv4(), proto_weight=-1)
 
 
 def test_bf16_autocast_matches_fp32():

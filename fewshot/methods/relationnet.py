@@ -15,6 +15,7 @@ from torch import nn
 from fewshot.backbones.conv4 import Conv4
 from fewshot.data.task import Task
 from fewshot.methods.base import MetricMethod, class_means
+from fewshot.methods.losses import pairwise_squared_distances
 from fewshot.utils import full_precision
 
 LOSSES = ("mse", "ce")
@@ -124,6 +125,10 @@ class RelationNet(MetricMethod):
         class_pooling: ``"sum"`` (the paper's) or ``"mean"`` of a class's support maps. Sung et al. train one
             model per shot count; a model trained 1-shot meets K-times larger maps at K shots with ``"sum"``,
             and the same scale with ``"mean"``.
+        proto_weight: weight of an auxiliary prototypical loss in training (0: none, the paper's). The embedding
+            otherwise learns only through the relation module; this adds cross-entropy on the queries' distances
+            to the class means of the support maps (:func:`map_distance_logits`). Prediction uses the relation
+            module alone.
     """
 
     batched_classify = False
@@ -137,13 +142,17 @@ class RelationNet(MetricMethod):
         loss: str = "mse",
         feature_channels: int | None = None,
         class_pooling: str = "sum",
+        proto_weight: float = 0.0,
     ) -> None:
         super().__init__(backbone)
         if loss not in LOSSES:
             raise ValueError(f"loss must be 'mse' or 'ce' (got {loss!r})")
         if class_pooling not in ("sum", "mean"):
             raise ValueError(f"class_pooling must be 'sum' or 'mean' (got {class_pooling!r})")
+        if proto_weight < 0:
+            raise ValueError(f"proto_weight must be >= 0 (got {proto_weight})")
         self.class_pooling = class_pooling
+        self.proto_weight = float(proto_weight)
         _keep_maps(backbone, embedding_pool_layers)
         self.loss_type = loss
         in_channels = _out_channels(backbone) if feature_channels is None else feature_channels
@@ -182,8 +191,31 @@ class RelationNet(MetricMethod):
         return torch.sigmoid(self.classify(support_maps, support_labels, query_maps))
 
     def loss(self, task: Task) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(loss, query logits)``: MSE of the relation scores (default) or cross-entropy of the logits."""
-        logits = self(task.support_images, task.support_labels, task.query_images)
+        """``(loss, query logits)``: MSE of the relation scores (default) or cross-entropy of the logits, plus
+        ``proto_weight`` times the auxiliary prototypical loss."""
+        n_support = task.support_images.shape[0]
+        maps = self.features(torch.cat([task.support_images, task.query_images]))
+        support_maps, query_maps = maps[:n_support], maps[n_support:]
+        logits = self.classify_task(support_maps, task.support_labels, query_maps)
         if self.loss_type == "ce":
-            return F.cross_entropy(logits, task.query_labels), logits
-        return relation_mse_loss(torch.sigmoid(logits), task.query_labels), logits
+            loss = F.cross_entropy(logits, task.query_labels)
+        else:
+            loss = relation_mse_loss(torch.sigmoid(logits), task.query_labels)
+        if self.proto_weight:
+            proto_logits = map_distance_logits(support_maps, task.support_labels, query_maps)
+            loss = loss + self.proto_weight * F.cross_entropy(proto_logits, task.query_labels)
+        return loss, logits
+
+
+def map_distance_logits(
+    support_maps: torch.Tensor, support_labels: torch.Tensor, query_maps: torch.Tensor
+) -> torch.Tensor:
+    """Minus the squared distance of each query map to each class's mean support map, averaged over positions.
+
+    Maps ``[N*K, C, h, w]`` and ``[M, C, h, w]`` -> logits ``[M, N]`` (fp32). Dividing by ``h*w`` keeps the logits
+    on the scale of a ProtoNet's ``C``-dimensional features whatever the map size.
+    """
+    with torch.autocast(support_maps.device.type, enabled=False):
+        support, query = full_precision(support_maps).flatten(1), full_precision(query_maps).flatten(1)
+        positions = support_maps.shape[-2] * support_maps.shape[-1]
+        return -pairwise_squared_distances(query, class_means(support, support_labels)) / positions
