@@ -115,6 +115,11 @@ declare -A VARIANTS=(
   [RQ2_relationnet_queries2]="relationnet --queries 2"
   [RQ2P1_relationnet_queries2_proto1]="relationnet --queries 2 --method-options class_pooling=mean,proto_weight=1"
   [RQ1_relationnet_queries1]="relationnet --queries 1"
+  # Session 25: ProtoNet's recipe as it stands, and with more classes per training task at the same 360 images
+  # (120-way 2 queries per class, 180-way 1 query): harder negatives for every query at the same cost per episode
+  [ZR0_protonet_recipe]="protonet"
+  [ZM120_120way_q2]="protonet --ways 120 --queries 2"
+  [ZM180_180way_q1]="protonet --ways 180 --queries 1"
 )
 names=("$@")
 [ ${#names[@]} -gt 0 ] || names=(A_base B_within C_size40 D_elastic E_el15_within F_el3 G_el_lr2 H_el_q2 I_el_pools3 J_el2
