@@ -120,6 +120,15 @@ declare -A VARIANTS=(
   [ZR0_protonet_recipe]="protonet"
   [ZM120_120way_q2]="protonet --ways 120 --queries 2"
   [ZM180_180way_q1]="protonet --ways 180 --queries 1"
+  # Session 26: a learnable scale on ProtoNet's squared distances (metric scaling, Oreshkin et al. 2018), from 1
+  [ZS1_euclidean_scale1]="protonet --method-options euclidean_scale=1"
+  [ZS03_euclidean_scale03]="protonet --method-options euclidean_scale=0.3"
+  [ZS3_euclidean_scale3]="protonet --method-options euclidean_scale=3"
+  # and wider blocks, now that a 10-minute run on this CPU (bf16) trains past where validation levels off
+  [ZC1_widths_32_64_128_128]="protonet --backbone-options hidden=(32,64,128,128)"
+  [ZC2_widths_48_96_96_96]="protonet --backbone-options hidden=(48,96,96,96)"
+  [ZC3_widths_64_128_128_128]="protonet --backbone-options hidden=(64,128,128,128)"
+  [ZC4_widths_48_96_128_128]="protonet --backbone-options hidden=(48,96,128,128)"
 )
 names=("$@")
 [ ${#names[@]} -gt 0 ] || names=(A_base B_within C_size40 D_elastic E_el15_within F_el3 G_el_lr2 H_el_q2 I_el_pools3 J_el2

@@ -39,6 +39,20 @@ def test_cosine_logits_and_learnable_scale():
         ProtoNet(torch.nn.Identity(), distance="manhattan")
 
 
+def test_learnable_euclidean_scale_multiplies_the_distances_and_learns():
+    torch.manual_seed(0)
+    plain, scaled = ProtoNet(torch.nn.Identity()), ProtoNet(torch.nn.Identity(), euclidean_scale=0.25)
+    support, labels, query = torch.randn(6, 4), torch.tensor([0, 0, 1, 1, 2, 2]), torch.randn(5, 4)
+    logits = scaled.classify(support, labels, query)
+    assert torch.allclose(logits, 0.25 * plain.classify(support, labels, query), atol=1e-6)
+    torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1, 2, 0, 1])).backward()
+    assert scaled.scale.grad is not None and scaled.scale.grad.abs() > 0
+    assert plain.scale is None and not list(plain.parameters())
+    for bad in ({"euclidean_scale": 0.0}, {"euclidean_scale": 1.0, "distance": "cosine"}):
+        with pytest.raises(ValueError, match="euclidean_scale"):
+            ProtoNet(torch.nn.Identity(), **bad)
+
+
 @pytest.mark.parametrize("name", ["conv4", "resnet12"])
 @pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32)])
 def test_backbones_take_any_channels_and_size(name, shape):

@@ -18,14 +18,21 @@ class ProtoNet(MetricMethod):
         backbone: feature extractor.
         distance: ``"euclidean"`` (squared, the paper's choice) or ``"cosine"``.
         cosine_scale: initial value of the learnable temperature used with the cosine distance.
+        euclidean_scale: if given, the squared distances are multiplied by a learnable scale starting there
+            (metric scaling, Oreshkin et al. 2018); ``None`` keeps the paper's unscaled distances.
     """
 
-    def __init__(self, backbone: nn.Module, distance: str = "euclidean", cosine_scale: float = 10.0) -> None:
+    def __init__(self, backbone: nn.Module, distance: str = "euclidean", cosine_scale: float = 10.0,
+                 euclidean_scale: float | None = None) -> None:
         super().__init__(backbone)
         if distance not in ("euclidean", "cosine"):
             raise ValueError(f"distance must be 'euclidean' or 'cosine' (got {distance!r})")
+        if euclidean_scale is not None and (distance != "euclidean" or not euclidean_scale > 0):
+            raise ValueError(f"euclidean_scale must be positive and needs distance='euclidean' (got "
+                             f"{euclidean_scale!r} with {distance!r})")
         self.distance = distance
-        self.scale = nn.Parameter(torch.tensor(float(cosine_scale))) if distance == "cosine" else None
+        initial = cosine_scale if distance == "cosine" else euclidean_scale
+        self.scale = None if initial is None else nn.Parameter(torch.tensor(float(initial)))
 
     batched_classify = True
 
@@ -37,7 +44,8 @@ class ProtoNet(MetricMethod):
         with torch.autocast(support_features.device.type, enabled=False):
             support_features, query_features = full_precision(support_features), full_precision(query_features)
             prototypes = class_means(support_features, support_labels)
-            if self.scale is not None:
+            if self.distance == "cosine":
                 normalized = F.normalize(prototypes, dim=-1).transpose(-1, -2)
                 return self.scale * F.normalize(query_features, dim=-1) @ normalized
-            return -pairwise_squared_distances(query_features, prototypes)
+            distances = pairwise_squared_distances(query_features, prototypes)
+            return -distances if self.scale is None else -self.scale * distances
