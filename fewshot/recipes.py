@@ -64,6 +64,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     # characters as classes too: +0.9 and +1.2 points on Sanskrit and Katakana validation (1 view).
     # A first block of 32 channels instead of 64 halves the cost of a step, so the budget trains twice the
     # episodes: 79.8 against 76.7% on Sanskrit validation (docs/results.md, "Session 11").
+    # Widths 48, 96, 96, 96: +0.6 ± 0.6 points over the folds (paired) at 55-61% of the episodes; not adopted
+    # (docs/results.md, "Session 28").
     "omniglot-protonet": {**_ELASTIC, "method": "protonet", "ways": 60, "flips": True,
                           "backbone_options": "hidden=(32,64,64,64)", **_transductive(1.5)},
     # Set from synthetic-glyph runs and one Omniglot leave-alphabets-out run each. Siamese: elastic distortion
