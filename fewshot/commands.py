@@ -36,7 +36,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "val_every": 500, "val_episodes": 300, "val_ways": 20, "val_shots": 1, "val_queries": 5,
     "val_within_alphabet": True, "test_views": 1, "test_augment": None,
     "transductive_steps": 0, "transductive_temperature": 1.0,
-    "seed": 0, "device": "auto", "precision": "auto", "channels_last": True, "init": None,
+    "seed": 0, "device": "auto", "precision": "auto", "channels_last": True, "init": None, "ensemble": 1,
 }
 TRANSDUCTIVE_HELP = ("metric methods: at test time, refine each task's classes this many times with its unlabelled "
                      "queries (soft k-means on the features), so that queries given together inform each other")
@@ -176,7 +176,7 @@ def start_training(settings: dict[str, Any], out: Path, quiet: bool = False):
 
     if settings["method"] not in _methods():
         raise DataError(f"unknown method '{settings['method']}'; choose one of {', '.join(_methods())}")
-    if (out / "last.pt").exists():
+    if (out / "last.pt").exists() or (out / ENSEMBLE_FILE).exists():
         raise DataError(f"{out} already holds a run; pass --resume {out} to continue it, or choose another --out")
     if settings["init"]:
         from fewshot.training.checkpoint import checkpoint_file
@@ -184,8 +184,47 @@ def start_training(settings: dict[str, Any], out: Path, quiet: bool = False):
         settings["init"] = str(checkpoint_file(settings["init"]))  # fail before loading data; the file, in config.json
     train, val = prepare_training_data(settings)
     _fit_val_ways(settings, val)
+    if settings["ensemble"] > 1:
+        return train_ensemble(settings, train, val, out, quiet)
     trainer = Trainer(build_train_config(settings, train), train, val, out)
     return _fit(trainer, quiet)
+
+
+#: The settings of an ensemble run (``train --ensemble M``), in its run folder beside ``member1/`` ... ``memberM/``.
+ENSEMBLE_FILE = "ensemble.json"
+
+
+def train_ensemble(settings: dict[str, Any], train: FewShotDataset, val: FewShotDataset | None, out: Path,
+                   quiet: bool = False):
+    """Train ``settings["ensemble"]`` members one after the other into ``out/member1`` ..., member ``i`` with seed
+    ``seed + i`` on the same data split and ``1/M`` of the time budget (each its own episode budget), resuming a
+    member that has started; then combine them into ``out/best.pt`` (:func:`combine_checkpoints`).
+
+    Returns the TrainResult of the whole: its episodes and seconds summed over the members.
+    """
+    from fewshot.training.checkpoint import combine_checkpoints
+    from fewshot.training.trainer import Trainer, TrainResult
+    from fewshot.utils import atomic_write_text
+
+    if settings["ensemble"] < 2:
+        raise DataError(f"--ensemble needs 2 or more members (got {settings['ensemble']})")
+    members = settings["ensemble"]
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / ENSEMBLE_FILE, json.dumps(settings, indent=2))
+    budget = settings["time_budget"] and settings["time_budget"] / members
+    results = []
+    for i in range(members):
+        config = build_train_config({**settings, "time_budget": budget}, train)
+        config.seed = settings["seed"] + i  # its own initialisation and episodes; the split stays the run's
+        trainer = Trainer(config, train, val, out / f"member{i + 1}")
+        if (trainer.run_dir / "last.pt").exists():
+            trainer.resume()
+        print(f"ensemble member {i + 1} of {members}", file=sys.stderr)
+        results.append(_fit(trainer, quiet))
+    combine_checkpoints([result.run_dir for result in results], out)
+    print(f"combined the {members} members into {out / 'best.pt'}", file=sys.stderr)
+    return TrainResult(out, sum(r.episodes for r in results), sum(r.elapsed_s for r in results), None,
+                       [row for r in results for row in r.rows])
 
 
 def _fit(trainer, quiet: bool):
@@ -212,7 +251,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         start_training(resolve_train_settings(args), Path(args.out), args.quiet)
         return 0
     run = Path(args.resume)
-    if not (run / "config.json").is_file():
+    if not (run / "config.json").is_file() and not (run / ENSEMBLE_FILE).is_file():
         raise DataError(f"cannot resume {run}: it holds no config.json; is it a run folder?")
     ignored = [k for k, v in vars(args).items() if v is not None and k not in RESUME_OVERRIDES
                and (k in TRAIN_DEFAULTS or k in ("recipe", "out"))]
@@ -223,6 +262,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             "them. Resume without those flags (only --episodes, --time-budget and --device may be given), or start "
             "a new run with --out"
         )
+    if (run / ENSEMBLE_FILE).is_file():
+        return _resume_ensemble(run, args)
     config = TrainConfig.from_dict(json.loads((run / "config.json").read_text()))
     for key in ("episodes", "time_budget"):  # a resumed run may be given a larger budget
         if getattr(args, key) is not None:
@@ -235,6 +276,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     trainer = Trainer(config, train, val, run)
     trainer.resume()
     _fit(trainer, args.quiet)
+    return 0
+
+
+def _resume_ensemble(run: Path, args: argparse.Namespace) -> int:
+    """Continue an ensemble run: members that have finished stop at once, the rest resume or start."""
+    settings = {**TRAIN_DEFAULTS, **json.loads((run / ENSEMBLE_FILE).read_text())}
+    for key in RESUME_OVERRIDES:
+        if getattr(args, key) is not None:
+            settings[key] = getattr(args, key)
+    train, val = prepare_training_data(settings)
+    _fit_val_ways(settings, val)
+    train_ensemble(settings, train, val, run, args.quiet)
     return 0
 
 
@@ -450,6 +503,18 @@ def cmd_memory(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- ensemble --------------------------------------------------------------------------------------
+def cmd_ensemble(args: argparse.Namespace) -> int:
+    from fewshot.training.checkpoint import combine_checkpoints
+
+    if Path(args.out, "best.pt").exists():
+        raise DataError(f"{args.out} already holds a best.pt; choose another --out")
+    spec = combine_checkpoints(args.checkpoints, args.out)
+    print(f"wrote an ensemble of {spec.ensemble} {spec.method}/{spec.backbone} models to {Path(args.out, 'best.pt')}",
+          file=sys.stderr)
+    return 0
+
+
 # -- demo ------------------------------------------------------------------------------------------
 def cmd_demo(args: argparse.Namespace) -> int:
     from fewshot.demo import run_demo
@@ -499,6 +564,10 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--val-ways", type=int)
     p.add_argument("--val-shots", type=int)
     p.add_argument("--seed", type=int)
+    p.add_argument("--ensemble", type=int, metavar="M",
+                   help="metric methods whose weights are all in the backbone (protonet, siamese): train M members "
+                   "one after the other (seeds S, S+1, ...; each 1/M of --time-budget) into RUN/member1 ... and "
+                   "combine them into RUN/best.pt, the mean of their logits (default 1: one model)")
     p.add_argument("--test-views", type=int, help="metric methods, ANIL, Proto-MAML: average the features of "
                    "this many seeded transforms of each image at test time (default 1: none)")
     p.add_argument("--test-augment", help="the transforms of --test-views (default: --augment, else "
@@ -591,6 +660,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--skip-corrupt", action="store_true", help="skip unreadable images with a warning")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_memory)
+
+    p = sub.add_parser("ensemble", help="combine runs of one metric method into one model (their features side by "
+                       "side; for ProtoNet the mean of their logits)")
+    p.add_argument("--checkpoints", required=True, nargs="+", help="run folders or .pt files, 2 or more")
+    p.add_argument("--out", required=True, help="run folder to write best.pt into")
+    p.set_defaults(func=cmd_ensemble)
 
     p = sub.add_parser("demo", help="train and evaluate a ProtoNet on synthetic glyphs (about two minutes)")
     p.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from fewshot.backbones.conv4 import Conv4
+from fewshot.backbones.ensemble import Ensemble
 from fewshot.backbones.resnet12 import ResNet12
 from fewshot.utils import eval_mode
 
@@ -46,4 +47,4 @@ def measure_feature_dim(backbone: nn.Module, image_size: int) -> int:
         return int(backbone(dummy).flatten(1).shape[1])
 
 
-__all__ = ["BACKBONES", "Conv4", "ResNet12", "feature_dim", "make_backbone", "measure_feature_dim"]
+__all__ = ["BACKBONES", "Conv4", "Ensemble", "ResNet12", "feature_dim", "make_backbone", "measure_feature_dim"]

@@ -9,8 +9,8 @@ from typing import Any
 
 import torch
 
-from fewshot.backbones import make_backbone
-from fewshot.methods import FewShotMethod, make_method
+from fewshot.backbones import Ensemble, make_backbone
+from fewshot.methods import FewShotMethod, MetricMethod, make_method
 from fewshot.utils import atomic_torch_save
 
 FORMAT = "fewshot-checkpoint/1"
@@ -37,6 +37,8 @@ class ModelSpec:
             (``FewShotMethod.set_transductive_steps``; 0 steps: each query is classified on its own).
         temperature: probabilities are ``softmax(logits / temperature)``; 1 unless fitted by ``fewshot calibrate``
             (:func:`fewshot.evaluation.calibration.fit_temperature`). It never changes a prediction.
+        ensemble: how many backbones of this spec, trained apart, the model holds side by side
+            (:class:`fewshot.backbones.Ensemble`, made by :func:`combine_checkpoints`); 1: one backbone.
     """
 
     method: str = "protonet"
@@ -50,9 +52,12 @@ class ModelSpec:
     transductive_steps: int = 0
     transductive_temperature: float = 1.0
     temperature: float = 1.0
+    ensemble: int = 1
 
     def build(self) -> FewShotMethod:
-        backbone = make_backbone(self.backbone, in_channels=self.image_shape[0], **self.backbone_options)
+        members = [make_backbone(self.backbone, in_channels=self.image_shape[0], **self.backbone_options)
+                   for _ in range(self.ensemble)]
+        backbone = members[0] if self.ensemble == 1 else Ensemble(members)
         model = make_method(self.method, backbone, **self.method_options)
         if self.test_views > 1:
             model.set_test_views(self.test_views, self.test_augment)
@@ -107,7 +112,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 def load_state(model: FewShotMethod, spec: ModelSpec, checkpoint: dict[str, Any], source: str) -> None:
     """Load ``checkpoint``'s weights into ``model`` (built from ``spec``), refusing a checkpoint of another model."""
     saved = ModelSpec.from_dict(checkpoint["spec"])
-    for attribute in ("method", "backbone", "image_shape"):
+    for attribute in ("method", "backbone", "image_shape", "ensemble"):
         if getattr(saved, attribute) != getattr(spec, attribute):
             raise CheckpointError(
                 f"checkpoint {source} was trained with {attribute} {getattr(saved, attribute)}, but this model "
@@ -183,3 +188,43 @@ def load_model(
     model = spec.build()
     load_state(model, spec, checkpoint, str(path))
     return model.to(device).eval(), spec
+
+
+def combine_checkpoints(paths: list[str | Path], out: str | Path) -> ModelSpec:
+    """Write to ``out`` (a run folder; its ``best.pt``) one model whose backbone is the backbones of the runs at
+    ``paths`` side by side (:class:`fewshot.backbones.Ensemble`): for a ProtoNet, the mean of their logits.
+
+    The runs must hold the same method, backbone and test settings, with every weight in the backbone (a metric
+    method without parameters of its own, such as ProtoNet); a calibrated temperature is dropped (calibrate the
+    ensemble again). Returns the ensemble's spec. Raises :class:`CheckpointError` when the runs do not fit together.
+    """
+    if len(paths) < 2:
+        raise CheckpointError(f"an ensemble needs at least 2 checkpoints (got {len(paths)})")
+    checkpoints = [read_checkpoint(path) for path in paths]
+    specs = [ModelSpec.from_dict(checkpoint["spec"]) for checkpoint in checkpoints]
+    first = replace(specs[0], temperature=1.0)
+    for path, spec, checkpoint in zip(paths, specs, checkpoints, strict=True):
+        if spec.ensemble != 1:
+            raise CheckpointError(f"{path} is already an ensemble; combine the runs it was made of instead")
+        differences = [k for k, v in asdict(replace(spec, temperature=1.0)).items() if getattr(first, k) != v]
+        if differences:
+            k = differences[0]
+            raise CheckpointError(f"{path} has {k} {getattr(spec, k)!r} but {paths[0]} has {getattr(first, k)!r}; "
+                                  "an ensemble combines runs of one method, backbone and test settings")
+        own = next((k for k in checkpoint["model"] if not k.startswith("backbone.")), None)
+        if own is not None:
+            raise CheckpointError(f"{path}: the {spec.method} model has weights outside its backbone ({own}), "
+                                  "which an ensemble of backbones cannot average; ensembles take metric methods "
+                                  "whose weights are all in the backbone, such as protonet")
+    if not isinstance(first.build(), MetricMethod):
+        raise CheckpointError(f"{paths[0]}: a {first.method} model does not compare image features, so an ensemble "
+                              "of its backbones would mean nothing; ensembles take metric methods such as protonet")
+    spec = replace(first, ensemble=len(paths))
+    state = {f"backbone.members.{i}.{k.removeprefix('backbone.')}": v
+             for i, checkpoint in enumerate(checkpoints) for k, v in checkpoint["model"].items()}
+    model = spec.build()
+    load_state(model, spec, {"spec": spec.to_dict(), "model": state}, ", ".join(map(str, paths)))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(out / "best.pt", model, spec, members=[str(checkpoint_file(path)) for path in paths])
+    return spec
