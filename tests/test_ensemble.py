@@ -94,9 +94,9 @@ def test_train_ensemble_trains_members_apart_combines_them_and_resumes(tmp_path)
     from fewshot.data import DataError
     from tests.helpers import glyph_settings
 
-    settings = glyph_settings(episodes=6, val_every=3, ensemble=2, seed=4)
+    settings = glyph_settings(episodes=4, val_every=4, final=True, ensemble=2, seed=4)
     result = start_training(settings, tmp_path / "run", quiet=True)
-    assert result.episodes == 12
+    assert result.episodes == 8
     members = [load_model(tmp_path / "run" / f"member{i}")[0] for i in (1, 2)]
     configs = [json.loads((tmp_path / "run" / f"member{i}" / "config.json").read_text()) for i in (1, 2)]
     assert [c["seed"] for c in configs] == [4, 5] and configs[0]["data"] == configs[1]["data"]  # one split
