@@ -202,13 +202,14 @@ def train_ensemble(settings: dict[str, Any], train: FewShotDataset, val: FewShot
 
     Returns the TrainResult of the whole: its episodes and seconds summed over the members.
     """
-    from fewshot.training.checkpoint import combine_checkpoints
+    from fewshot.training.checkpoint import check_ensemble_member, combine_checkpoints
     from fewshot.training.trainer import Trainer, TrainResult
     from fewshot.utils import atomic_write_text
 
     if settings["ensemble"] < 2:
         raise DataError(f"--ensemble needs 2 or more members (got {settings['ensemble']})")
     members = settings["ensemble"]
+    check_ensemble_member(build_train_config(settings, train).model, f"--ensemble {members}")  # before any training
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / ENSEMBLE_FILE, json.dumps(settings, indent=2))
     budget = settings["time_budget"] and settings["time_budget"] / members

@@ -118,3 +118,12 @@ def test_train_ensemble_trains_members_apart_combines_them_and_resumes(tmp_path)
     resumed, _ = load_model(tmp_path / "killed")
     for name, value in ensemble.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[name], value, rtol=0, atol=0)
+
+
+def test_train_ensemble_refuses_a_method_it_cannot_combine_before_training(tmp_path):
+    from fewshot.commands import start_training
+    from tests.helpers import glyph_settings
+
+    with pytest.raises(CheckpointError, match="outside its backbone"):
+        start_training(glyph_settings(method="relationnet", final=True, ensemble=2), tmp_path / "run", quiet=True)
+    assert not (tmp_path / "run").exists()

@@ -190,6 +190,20 @@ def load_model(
     return model.to(device).eval(), spec
 
 
+def check_ensemble_member(spec: ModelSpec, source: str) -> None:
+    """Raise :class:`CheckpointError` unless models of ``spec`` can be ensembled: a metric method (it compares
+    image features) with every weight in its backbone (there is nothing else to average)."""
+    model = spec.build()
+    if not isinstance(model, MetricMethod):
+        raise CheckpointError(f"{source}: a {spec.method} model does not compare image features, so an ensemble "
+                              "of its backbones would mean nothing; ensembles take metric methods such as protonet")
+    own = next((k for k in model.state_dict() if not k.startswith("backbone.")), None)
+    if own is not None:
+        raise CheckpointError(f"{source}: the {spec.method} model has weights outside its backbone ({own}), which "
+                              "an ensemble of backbones cannot average; ensembles take metric methods whose weights "
+                              "are all in the backbone, such as protonet")
+
+
 def combine_checkpoints(paths: list[str | Path], out: str | Path) -> ModelSpec:
     """Write to ``out`` (a run folder; its ``best.pt``) one model whose backbone is the backbones of the runs at
     ``paths`` side by side (:class:`fewshot.backbones.Ensemble`): for a ProtoNet, the mean of their logits.
@@ -203,7 +217,7 @@ def combine_checkpoints(paths: list[str | Path], out: str | Path) -> ModelSpec:
     checkpoints = [read_checkpoint(path) for path in paths]
     specs = [ModelSpec.from_dict(checkpoint["spec"]) for checkpoint in checkpoints]
     first = replace(specs[0], temperature=1.0)
-    for path, spec, checkpoint in zip(paths, specs, checkpoints, strict=True):
+    for path, spec in zip(paths, specs, strict=True):
         if spec.ensemble != 1:
             raise CheckpointError(f"{path} is already an ensemble; combine the runs it was made of instead")
         differences = [k for k, v in asdict(replace(spec, temperature=1.0)).items() if getattr(first, k) != v]
@@ -211,14 +225,7 @@ def combine_checkpoints(paths: list[str | Path], out: str | Path) -> ModelSpec:
             k = differences[0]
             raise CheckpointError(f"{path} has {k} {getattr(spec, k)!r} but {paths[0]} has {getattr(first, k)!r}; "
                                   "an ensemble combines runs of one method, backbone and test settings")
-        own = next((k for k in checkpoint["model"] if not k.startswith("backbone.")), None)
-        if own is not None:
-            raise CheckpointError(f"{path}: the {spec.method} model has weights outside its backbone ({own}), "
-                                  "which an ensemble of backbones cannot average; ensembles take metric methods "
-                                  "whose weights are all in the backbone, such as protonet")
-    if not isinstance(first.build(), MetricMethod):
-        raise CheckpointError(f"{paths[0]}: a {first.method} model does not compare image features, so an ensemble "
-                              "of its backbones would mean nothing; ensembles take metric methods such as protonet")
+    check_ensemble_member(first, str(paths[0]))
     spec = replace(first, ensemble=len(paths))
     state = {f"backbone.members.{i}.{k.removeprefix('backbone.')}": v
              for i, checkpoint in enumerate(checkpoints) for k, v in checkpoint["model"].items()}
