@@ -384,6 +384,7 @@ def evaluate_method(run: Path, root: str, episode_paths: dict[str, Path], lake_r
     device = resolve_device(device_name)
     model, spec = load_model(run / "best.pt", device)
     done["transductive_steps"] = spec.transductive_steps  # the report marks transductive rows
+    done["transductive_balance"] = spec.transductive_balance if spec.transductive_steps else 0
     dataset = test_dataset(root, spec.image_shape[-1])
     scored, scored_on = model, dataset
     if isinstance(model, MetricMethod):
@@ -526,8 +527,9 @@ def markdown(records: list[dict[str, Any]], bench: dict[str, Any], command: str,
             cells.append(_pct(result.get("error_rate")))
             if result.get("note"):
                 notes.append(f"- {rec['method']}: {result['note']}")
-        steps = ev.get("transductive_steps")
-        label = f"{rec['method']} (transductive, {steps} steps)" if steps else rec["method"]
+        steps, balanced = ev.get("transductive_steps"), ev.get("transductive_balance")
+        label = (f"{rec['method']} (transductive, {steps} steps{', balanced' if balanced else ''})" if steps
+                 else rec["method"])
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     if notes:
         lines += ["", "Not available:", "", *_dedupe(notes)]

@@ -35,13 +35,17 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "lr": 1e-3, "lr_schedule": "cosine", "weight_decay": 0.0, "grad_clip": None, "augment": "none",
     "val_every": 500, "val_episodes": 300, "val_ways": 20, "val_shots": 1, "val_queries": 5,
     "val_within_alphabet": True, "test_views": 1, "test_augment": None,
-    "transductive_steps": 0, "transductive_temperature": 1.0,
+    "transductive_steps": 0, "transductive_temperature": 1.0, "transductive_balance": 0,
     "seed": 0, "device": "auto", "precision": "auto", "channels_last": True, "init": None, "ensemble": 1,
 }
 TRANSDUCTIVE_HELP = ("metric methods: at test time, refine each task's classes this many times with its unlabelled "
                      "queries (soft k-means on the features), so that queries given together inform each other")
 TEMPERATURE_HELP = ("the queries weigh in the transductive steps by softmax(logits * K / this), K shots per "
                     "class")
+BALANCE_HELP = ("assume each task's queries are spread evenly over its classes (true of Lake's runs and of "
+                "evaluate's episodes, which have Q queries per class; not of an arbitrary batch of images): in each "
+                "transductive step, this many Sinkhorn iterations give every class the same share of the queries' "
+                "weights")
 FIXED_HEAD_METHODS = ("maml", "metasgd", "anil", "mann")
 DATA_KEYS = ("dataset", "root", "split", "image_size", "rotations", "flips", "val_alphabets", "val_fraction",
              "holdout_alphabets", "final", "seed")
@@ -158,7 +162,8 @@ def build_train_config(s: dict[str, Any], train: FewShotDataset):
                       train.image_shape(), invert=s["dataset"] in ("omniglot", "glyphs"),
                       test_views=s["test_views"], test_augment=_test_augment(s),
                       transductive_steps=s["transductive_steps"],
-                      transductive_temperature=s["transductive_temperature"])
+                      transductive_temperature=s["transductive_temperature"],
+                      transductive_balance=s["transductive_balance"])
     precision = s["precision"]
     if precision == "auto":
         precision = default_precision(resolve_device(s["device"])) if model.build().bf16_training_safe else "fp32"
@@ -309,7 +314,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     model, spec = load_model(args.checkpoint, device, test_views=args.test_views,
                              transductive_steps=args.transductive_steps,
-                             transductive_temperature=args.transductive_temperature)
+                             transductive_temperature=args.transductive_temperature,
+                             transductive_balance=args.transductive_balance)
     precision = args.precision if args.precision != "auto" else default_precision(device)
     if args.lake_runs:
         channels, height, width = spec.image_shape
@@ -348,9 +354,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(json.dumps({**result.summary(), **_transduction(spec)}, indent=1))
     else:
         if spec.transductive_steps:
+            balance = (f", the queries' weights balanced over the classes ({spec.transductive_balance} Sinkhorn "
+                       "iterations)" if spec.transductive_balance else "")
             print(f"transductive: each task's classes refined {spec.transductive_steps} times with its queries, "
-                  f"temperature {spec.transductive_temperature:g} (--transductive-steps 0 classifies each query on "
-                  "its own)")
+                  f"temperature {spec.transductive_temperature:g}{balance} (--transductive-steps 0 classifies each "
+                  "query on its own)")
         print(f"{result.ways}-way {result.shots}-shot, {result.episodes} episodes ({seconds:.1f} s): accuracy "
               f"{100 * result.accuracy:.2f}% ± {100 * result.ci95:.2f}% (95% CI); macro precision "
               f"{100 * result.precision_macro:.1f}%, recall {100 * result.recall_macro:.1f}%, "
@@ -373,7 +381,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _transduction(spec) -> dict[str, Any]:
     """What ``evaluate --json`` reports of the transductive setting, so that figures say how they were made."""
-    return {"transductive_steps": spec.transductive_steps, "transductive_temperature": spec.transductive_temperature}
+    return {"transductive_steps": spec.transductive_steps, "transductive_temperature": spec.transductive_temperature,
+            "transductive_balance": spec.transductive_balance if spec.transductive_steps else 0}
 
 
 def _evaluation_dataset(args: argparse.Namespace, spec) -> FewShotDataset:
@@ -448,7 +457,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from fewshot.training.checkpoint import load_model
 
     model, spec = load_model(args.checkpoint, test_views=args.test_views, transductive_steps=args.transductive_steps)
-    _print_predictions(predict(model, spec, args.support, args.query, skip_corrupt=args.skip_corrupt), args.json)
+    if spec.transductive_steps and spec.transductive_balance and not args.balanced_queries:
+        print(f"note: {args.checkpoint} balances its transductive steps over the classes, which assumes the queries "
+              "are spread evenly over them; not assumed here (--balanced-queries if they are)", file=sys.stderr)
+    predictions = predict(model, spec, args.support, args.query, skip_corrupt=args.skip_corrupt,
+                          balanced_queries=args.balanced_queries)
+    _print_predictions(predictions, args.json)
     return 0
 
 
@@ -575,6 +589,7 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
                    "'rotation=8,shear=5,scale=0.92:1.08,shift=0.05')")
     p.add_argument("--transductive-steps", type=int, help=TRANSDUCTIVE_HELP + " (default 0: none)")
     p.add_argument("--transductive-temperature", type=float, help=TEMPERATURE_HELP + " (default 1)")
+    p.add_argument("--transductive-balance", type=int, metavar="ITERATIONS", help=BALANCE_HELP + " (default 0: none)")
     p.add_argument("--device", help="auto (default), cpu, cuda")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"))
     p.add_argument("--no-channels-last", dest="channels_last", action="store_const", const=False)
@@ -621,6 +636,8 @@ def _add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
                    "default: as trained")
     p.add_argument("--transductive-steps", type=int, help=TRANSDUCTIVE_HELP + "; default: as trained, 0 turns it off")
     p.add_argument("--transductive-temperature", type=float, help=TEMPERATURE_HELP + "; default: as trained")
+    p.add_argument("--transductive-balance", type=int, metavar="ITERATIONS",
+                   help=BALANCE_HELP + "; default: as trained, 0 turns it off")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 
@@ -645,6 +662,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "default: as trained")
     p.add_argument("--transductive-steps", type=int, help=TRANSDUCTIVE_HELP + "; default: as trained, 0 predicts "
                    "each query on its own")
+    p.add_argument("--balanced-queries", action="store_true",
+                   help="the query images are spread evenly over the support's classes: let a model saved with "
+                   "--transductive-balance assume it (by default predict does not)")
     p.add_argument("--skip-corrupt", action="store_true", help="skip unreadable images with a warning")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict)

@@ -33,11 +33,14 @@ def predict(
     queries: Sequence[str | Path],
     skip_corrupt: bool = False,
     batch_size: int = 256,
+    balanced_queries: bool = False,
 ) -> list[Prediction]:
     """Classify each query image among the classes of ``support_dir`` (``support_dir/<class>/<images>``).
 
     Images are preprocessed as the model's training data was (size, channels, ink polarity). Probabilities
     are the softmax of the method's logits divided by the checkpoint's calibrated temperature (``fewshot calibrate``).
+    A model with transductive balancing (``transductive_balance``) keeps it only with ``balanced_queries``: the
+    caller's word that the queries are spread evenly over the classes; otherwise it refines without it.
     """
     support = load_image_folder(spec, support_dir, skip_corrupt)
     if support.num_classes < 2:
@@ -45,10 +48,15 @@ def predict(
     files, images = load_queries(spec, queries, skip_corrupt)
     support_labels = torch.as_tensor(support.item_classes)
     results = []
-    with eval_mode(model):
-        for start in range(0, len(images), batch_size):
-            logits = model(support.images, support_labels, images[start : start + batch_size])
-            results += rank(logits / spec.temperature, support.class_names, files[start : start + batch_size])
+    balance = model.transductive_balance
+    model.transductive_balance = balance if balanced_queries else 0
+    try:
+        with eval_mode(model):
+            for start in range(0, len(images), batch_size):
+                logits = model(support.images, support_labels, images[start : start + batch_size])
+                results += rank(logits / spec.temperature, support.class_names, files[start : start + batch_size])
+    finally:
+        model.transductive_balance = balance
     return results
 
 

@@ -240,10 +240,11 @@ def test_cli_evaluate_lake_runs(trained_run, tmp_path):
     assert [r["run"] for r in out["runs"]] == ["run01", "run02"] and 0 <= out["error_rate"] <= 1
     assert out["transductive_steps"] == 0  # the figure says whether the queries refined the classes
     result = run_cli("evaluate", "--checkpoint", str(trained_run), "--lake-runs", str(tmp_path / "runs"),
-                     "--transductive-steps", "5", "--transductive-temperature", "0.5", "--json")
+                     "--transductive-steps", "5", "--transductive-temperature", "0.5", "--transductive-balance", "4",
+                     "--json")
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
-    assert (out["transductive_steps"], out["transductive_temperature"]) == (5, 0.5)
+    assert (out["transductive_steps"], out["transductive_temperature"], out["transductive_balance"]) == (5, 0.5, 4)
     refused = run_cli("evaluate", "--checkpoint", str(trained_run), "--lake-runs", str(tmp_path / "runs"),
                       "--transductive-steps", "-1")
     assert refused.returncode == 2 and "0 or more" in refused.stderr and "Traceback" not in refused.stderr

@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -49,6 +50,28 @@ def test_prediction_leaves_the_models_mode_as_it_was(folders):
     assert model.training
 
 
+def test_balanced_transduction_is_used_only_when_the_caller_says_the_queries_are_balanced(folders):
+    rng = np.random.default_rng(1)
+    for i in range(3):  # three queries of one class: not spread evenly over the three classes
+        write_png(folders / "alphas" / f"{i}.png", class_image(0, rng))
+    class Scaled(torch.nn.Module):  # features close enough together that the probabilities are not all 1
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            return 0.2 * images.flatten(1)
+
+    model = ProtoNet(Scaled())
+    model.set_transductive_steps(10, temperature=1.0, balance=10)
+    plain = predict(model, SPEC, folders / "support", [folders / "alphas"])
+    assert model.transductive_balance == 10  # restored
+    model.set_transductive_steps(10, balance=0)
+    assert plain == predict(model, SPEC, folders / "support", [folders / "alphas"])
+    model.set_transductive_steps(10, balance=10)
+    forced = predict(model, SPEC, folders / "support", [folders / "alphas"], balanced_queries=True)
+    # The wrong prior pulls the other classes' prototypes toward the alphas: every alpha becomes less sure.
+    assert all(f.probability < p.probability - 0.1 for f, p in zip(forced, plain, strict=True))
+    assert [r.predicted for r in predict(model, SPEC, folders / "support", [folders / "query"],
+                                         balanced_queries=True)] == ["alpha", "beta", "gamma"]
+
+
 def test_eval_mode_is_restored_after_an_error():
     from fewshot.utils import eval_mode
 
@@ -91,6 +114,12 @@ def test_cli_predict_table_json_and_errors(folders):
     table = run_cli("predict", "--checkpoint", str(folders / "model.pt"), "--support", str(folders / "support"),
                     "--query", str(folders / "query" / "beta_q.png"))
     assert table.returncode == 0 and "beta_q.png" in table.stdout and "runner-up" in table.stdout
+    balanced = replace(SPEC, transductive_steps=2, transductive_balance=3)
+    save_checkpoint(folders / "balanced.pt", balanced.build(), balanced)
+    noted = run_cli("predict", "--checkpoint", str(folders / "balanced.pt"), "--support", str(folders / "support"),
+                    "--query", str(folders / "query"), "--json")
+    assert noted.returncode == 0 and len(json.loads(noted.stdout)) == 3
+    assert "not assumed here (--balanced-queries if they are)" in noted.stderr
     (folders / "support" / "empty").mkdir()
     bad = run_cli("predict", "--checkpoint", str(folders / "model.pt"), "--support", str(folders / "support"),
                   "--query", str(folders / "query"))

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from fewshot.backbones import make_backbone
 from fewshot.data import load_dataset
 from fewshot.methods import ProtoNet, make_method
+from fewshot.methods.base import balance_weights
 from fewshot.methods.siamese import SiameseNet
 from fewshot.training.checkpoint import ModelSpec, load_model, save_checkpoint
 from tests.helpers import assert_cached_evaluation_matches_per_task
@@ -89,19 +90,50 @@ def test_cached_evaluation_matches_task_by_task_with_transductive_steps(method):
         assert not torch.allclose(refined, model.classify(task_features[:5], labels, task_features[5:]))
 
 
+def test_balanced_weights_give_every_class_the_same_share_and_each_query_a_distribution():
+    weights = torch.rand(3, 12, 4, generator=torch.Generator().manual_seed(0)).softmax(-1)
+    balanced = balance_weights(weights, 50)
+    assert torch.allclose(balanced.sum(-1), torch.ones(3, 12), atol=1e-6)
+    assert torch.allclose(balanced.sum(-2), torch.full((3, 4), 3.0), atol=1e-4)
+    # Already balanced weights stay as they are; the scaling keeps each query's order of the classes' odds ratios.
+    even = torch.eye(4).repeat(3, 1) * 0.6 + 0.1
+    assert torch.allclose(balance_weights(even, 5), even, atol=1e-6)
+    ratio = balanced[..., 0] / balanced[..., 1]
+    assert torch.equal(ratio.argsort(-1), (weights[..., 0] / weights[..., 1]).argsort(-1))
+
+
+def test_balancing_assigns_queries_to_different_classes_when_they_are_spread_evenly():
+    """Two classes on a line, supports at 0 and 10, their one query each at 4 and 4.9: both lie nearer class 0, so
+    plain soft k-means gives both to it; with each class's share of the queries held equal, the farther one goes to
+    class 1."""
+    model = ProtoNet(torch.nn.Identity()).eval()
+    support, labels, query = torch.tensor([[0.0], [10.0]]), torch.tensor([0, 1]), torch.tensor([[4.0], [4.9]])
+    model.set_transductive_steps(10, temperature=10.0)
+    assert model.classify_task(support, labels, query).argmax(1).tolist() == [0, 0]
+    model.set_transductive_steps(10, balance=10)
+    assert model.classify_task(support, labels, query).argmax(1).tolist() == [0, 1]
+    # The same queries with a third that belongs to class 0 as well: a prior that does not hold pulls it away.
+    assert model.classify_task(support, labels, torch.tensor([[4.0], [4.9], [1.0]])).argmax(1).tolist() != [0, 0, 0]
+
+
 def test_transductive_steps_travel_in_the_checkpoint_and_are_refused_where_unsupported(tmp_path):
-    spec = ModelSpec("protonet", "conv4", {}, {"hidden": 8}, transductive_steps=4, transductive_temperature=0.5)
+    spec = ModelSpec("protonet", "conv4", {}, {"hidden": 8}, transductive_steps=4, transductive_temperature=0.5,
+                     transductive_balance=3)
     model = spec.build()
-    assert (model.transductive_steps, model.transductive_temperature) == (4, 0.5)
+    assert (model.transductive_steps, model.transductive_temperature, model.transductive_balance) == (4, 0.5, 3)
     save_checkpoint(tmp_path / "best.pt", model, spec)
     assert load_model(tmp_path)[0].transductive_temperature == 0.5
+    assert load_model(tmp_path)[0].transductive_balance == 3
     assert load_model(tmp_path, transductive_steps=0)[0].transductive_steps == 0
     assert load_model(tmp_path, transductive_temperature=0.1)[0].transductive_temperature == 0.1
-    old = {k: v for k, v in spec.to_dict().items() if k != "transductive_steps"}  # checkpoints before the option
-    assert ModelSpec.from_dict(old).transductive_steps == 0
+    assert load_model(tmp_path, transductive_balance=0)[0].transductive_balance == 0
+    old = {k: v for k, v in spec.to_dict().items() if not k.startswith("transductive_")}  # before the options
+    assert (ModelSpec.from_dict(old).transductive_steps, ModelSpec.from_dict(old).transductive_balance) == (0, 0)
     with pytest.raises(ValueError, match="0 or more"):
         model.set_transductive_steps(-1)
     with pytest.raises(ValueError, match="temperature must be positive"):
         model.set_transductive_steps(2, temperature=0.0)
+    with pytest.raises(ValueError, match="Sinkhorn iterations"):
+        model.set_transductive_steps(2, balance=-1)
     with pytest.raises(ValueError, match="no per-image features"):
         make_method("maml", make_backbone("conv4", hidden=8), ways=5).set_transductive_steps(2)

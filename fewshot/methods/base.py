@@ -38,6 +38,9 @@ class FewShotMethod(nn.Module):
     #: Transductive inference (:meth:`set_transductive_steps`): refinements of a task's classes by its unlabelled
     #: queries in eval mode (0: each query is classified on its own).
     transductive_steps: int = 0
+    #: Sinkhorn iterations that spread the queries' weights evenly over the classes in each refinement step
+    #: (0: no assumption about how the queries fall into the classes).
+    transductive_balance: int = 0
 
     def __init__(self, backbone: nn.Module) -> None:
         super().__init__()
@@ -48,24 +51,31 @@ class FewShotMethod(nn.Module):
         """Why this method cannot refine its classes with the queries of a task (``None``: it can)."""
         return f"{type(self).__name__} has no per-image features to refine classes with"
 
-    def set_transductive_steps(self, steps: int, temperature: float | None = None) -> None:
+    def set_transductive_steps(self, steps: int, temperature: float | None = None, balance: int | None = None) -> None:
         """In eval mode, refine the task's classes with its queries ``steps`` times (0: inductive, the default),
         weighing the queries by ``softmax(logits * K / temperature)`` at K shots per class (None keeps the current
-        temperature).
+        temperature), balanced by ``balance`` Sinkhorn iterations so that every class receives the same total
+        weight (0: not balanced; None keeps the current setting).
 
         Then a query's prediction depends on the other queries of its task, as in transductive few-shot
-        learning; refused (``ValueError``) by a method that cannot do it.
+        learning; refused (``ValueError``) by a method that cannot do it. Balancing assumes that the task's
+        queries are spread evenly over its classes, as in Lake's runs and in episodes of Q queries per class; on
+        a batch of queries that is not, it pulls predictions toward the classes with fewer queries.
         """
         if steps < 0:
             raise ValueError(f"transductive steps must be 0 or more (got {steps})")
         if temperature is not None and not temperature > 0:
             raise ValueError(f"the transductive temperature must be positive (got {temperature})")
+        if balance is not None and balance < 0:
+            raise ValueError(f"the transductive balance must be 0 or more Sinkhorn iterations (got {balance})")
         if steps and self.transductive_unsupported:
             raise ValueError(f"transductive inference is not available here: {self.transductive_unsupported} "
                              "(use 0 steps)")
         self.transductive_steps = int(steps)
         if temperature is not None:
             self.transductive_temperature = float(temperature)
+        if balance is not None:
+            self.transductive_balance = int(balance)
 
     @property
     def test_views_unsupported(self) -> str | None:
@@ -182,10 +192,11 @@ class MetricMethod(FewShotMethod):
 
         Each step is one soft k-means step (Ren et al. 2018) on the features: a class's mean moves to the mean of
         its support features and of every query weighted by the query's current probability of the class
-        (``softmax(logits * K / transductive_temperature)``, K the mean number of support images per class); each
-        support feature moves with its class's mean and :meth:`classify` scores the queries again. For ProtoNet
-        this is soft k-means on the prototypes; any metric method takes it. Shapes as :meth:`classify` (feature
-        maps are flattened for the means).
+        (``softmax(logits * K / transductive_temperature)``, K the mean number of support images per class; with
+        :attr:`transductive_balance`, rescaled by :func:`balance_weights` so that each class receives the same
+        total weight); each support feature moves with its class's mean and :meth:`classify` scores the queries
+        again. For ProtoNet this is soft k-means on the prototypes; any metric method takes it. Shapes as
+        :meth:`classify` (feature maps are flattened for the means).
         """
         logits = self.classify(support_features, support_labels, query_features)
         steps = 0 if self.training else self.transductive_steps
@@ -205,6 +216,8 @@ class MetricMethod(FewShotMethod):
             temperature = self.transductive_temperature * one_hot.shape[-1] / support_labels.shape[-1]
             for _ in range(steps):
                 weights = (logits.float() / temperature).softmax(-1)  # [..., M, N]
+                if self.transductive_balance:
+                    weights = balance_weights(weights, self.transductive_balance)
                 means = (sums + weights.transpose(-1, -2) @ flat_query) / (counts + weights.sum(-2)[..., None])
                 moved = flat_support + one_hot @ (means - sums / counts)
                 if self.unit_features:
@@ -219,6 +232,21 @@ class MetricMethod(FewShotMethod):
         features = self.features(torch.cat([support_images, query_images]))
         n_support = support_images.shape[0]
         return self.classify_task(features[:n_support], support_labels, features[n_support:])
+
+
+def balance_weights(weights: torch.Tensor, iterations: int) -> torch.Tensor:
+    """Sinkhorn scaling of the query-to-class weights ``[..., M, N]``: alternately each class's column to a total
+    of ``M / N`` and each query's row to 1, ``iterations`` times (ending on the rows, so a query's weights stay a
+    distribution).
+
+    The soft assignment closest to ``weights`` (in relative entropy) that gives every class the same share of the
+    queries: the prior of a task whose queries are spread evenly over its classes.
+    """
+    mass = weights.shape[-2] / weights.shape[-1]
+    for _ in range(iterations):
+        weights = weights * (mass / weights.sum(-2, keepdim=True).clamp_min(1e-30))
+        weights = weights / weights.sum(-1, keepdim=True)
+    return weights
 
 
 def same_shapes(tasks: list[Task]) -> bool:

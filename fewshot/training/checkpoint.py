@@ -35,6 +35,8 @@ class ModelSpec:
         transductive_steps / transductive_temperature: refinements of a task's classes by its unlabelled queries
             at test time, and the temperature of the probabilities that weigh them
             (``FewShotMethod.set_transductive_steps``; 0 steps: each query is classified on its own).
+        transductive_balance: Sinkhorn iterations that give every class the same share of the queries' weights
+            in each refinement step (0: none); it assumes a task's queries are spread evenly over its classes.
         temperature: probabilities are ``softmax(logits / temperature)``; 1 unless fitted by ``fewshot calibrate``
             (:func:`fewshot.evaluation.calibration.fit_temperature`). It never changes a prediction.
         ensemble: how many backbones of this spec, trained apart, the model holds side by side
@@ -51,6 +53,7 @@ class ModelSpec:
     test_augment: str | None = None  # None: the method's default
     transductive_steps: int = 0
     transductive_temperature: float = 1.0
+    transductive_balance: int = 0
     temperature: float = 1.0
     ensemble: int = 1
 
@@ -62,7 +65,8 @@ class ModelSpec:
         if self.test_views > 1:
             model.set_test_views(self.test_views, self.test_augment)
         if self.transductive_steps:
-            model.set_transductive_steps(self.transductive_steps, self.transductive_temperature)
+            model.set_transductive_steps(self.transductive_steps, self.transductive_temperature,
+                                         self.transductive_balance)
         return model
 
     def to_dict(self) -> dict[str, Any]:
@@ -171,11 +175,13 @@ def load_initial_weights(model: FewShotMethod, spec: ModelSpec, path: str | Path
 def load_model(
     path: str | Path, device: str | torch.device = "cpu", test_views: int | None = None,
     transductive_steps: int | None = None, transductive_temperature: float | None = None,
+    transductive_balance: int | None = None,
 ) -> tuple[FewShotMethod, ModelSpec]:
     """Rebuild the model saved at ``path`` (run folder or ``.pt``) in eval mode.
 
     ``test_views`` overrides the number of test-time views saved with the model (1 turns them off);
-    ``transductive_steps`` and ``transductive_temperature`` its transductive refinements (0 steps: none).
+    ``transductive_steps``, ``transductive_temperature`` and ``transductive_balance`` its transductive
+    refinements (0 steps: none; None keeps what was saved).
     """
     checkpoint = read_checkpoint(path)
     spec = ModelSpec.from_dict(checkpoint["spec"])
@@ -185,6 +191,8 @@ def load_model(
         spec = replace(spec, transductive_steps=transductive_steps)
     if transductive_temperature is not None:
         spec = replace(spec, transductive_temperature=transductive_temperature)
+    if transductive_balance is not None:
+        spec = replace(spec, transductive_balance=transductive_balance)
     model = spec.build()
     load_state(model, spec, checkpoint, str(path))
     return model.to(device).eval(), spec

@@ -1,0 +1,89 @@
+"""Probe: variants of the transductive refinement on a metric checkpoint, per alphabet, on cached features.
+
+Each alphabet's features (the checkpoint's own test views) are computed once; the same seeded tasks as
+`fewshot evaluate --ways 20 --shots 1 --queries 1 --within-alphabet --seed 0` draws are then scored:
+
+- ``inductive``: each query on its own;
+- ``T<t>``: soft k-means (the model's ``classify_task``, 10 steps) at temperature t;
+- ``T<t> balance<b>``: the same with the queries' weights balanced over the classes by b Sinkhorn iterations
+  (``--transductive-balance``: the prior that a task's queries are spread evenly over its classes);
+- ``shift T<t>``: each query first moved by the difference between the mean support and the mean query
+  feature (the cross-class bias of BD-CSPN, Liu et al. 2020), then soft k-means.
+
+Choose settings on each fold's validation alphabet, read them on its held-out ones.
+
+    python benchmarks/transductive_probe.py runs/folds29/protonet_F1 --alphabets Early_Aramaic,Balinese,Korean \
+        --temperatures 0.25,0.5,1,1.5 --balances 0,3,10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import torch
+
+from fewshot.data import TaskSampler, load_dataset, split_by_groups
+from fewshot.evaluation.evaluate import embed_dataset
+from fewshot.evaluation.metrics import mean_and_ci95
+from fewshot.methods import MetricMethod
+from fewshot.training.checkpoint import load_model
+from fewshot.utils import default_precision
+
+
+def task_accuracies(model: MetricMethod, support: torch.Tensor, query: torch.Tensor, steps: int,
+                    temperature: float, balance: int) -> list[float]:
+    """Accuracy of each 1-shot task: ``support [E, N, ...]`` (class i at row i), ``query [E, N, ...]`` (one
+    query per class, in class order)."""
+    model.set_transductive_steps(steps, temperature, balance)
+    ways = support.shape[1]
+    labels = torch.arange(ways)
+    if model.batched_classify:
+        logits = model.classify_task(support, labels.expand(len(support), -1), query)
+    else:
+        logits = torch.stack([model.classify_task(s, labels, q) for s, q in zip(support, query, strict=True)])
+    return (logits.argmax(-1) == labels).float().mean(-1).tolist()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint")
+    p.add_argument("--alphabets", required=True)
+    p.add_argument("--root", default="../shared/data/omniglot")
+    p.add_argument("--ways", type=int, default=20)
+    p.add_argument("--episodes", type=int, default=1000)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--temperatures", default="0.5,1,1.5,3")
+    p.add_argument("--balances", default="0,3,10", help="Sinkhorn iterations (0: not balanced)")
+    p.add_argument("--shift", action="store_true", help="also the shifted queries, unbalanced")
+    args = p.parse_args()
+    torch.set_grad_enabled(False)
+    model, spec = load_model(args.checkpoint)
+    assert isinstance(model, MetricMethod)
+    data = load_dataset("omniglot", args.root, "minimal", spec.image_shape[-1])
+    temperatures = [float(t) for t in args.temperatures.split(",")]
+    summary: dict[str, dict[str, float]] = {}
+    for alphabet in args.alphabets.split(","):
+        test = split_by_groups(data, [alphabet])[1]
+        specs = TaskSampler(test, args.ways, 1, 1, args.episodes, 0, within_group=True).specs()
+        features = embed_dataset(model, test, torch.device("cpu"), default_precision(torch.device("cpu")))
+        support = features[torch.as_tensor(np.stack([s.support.reshape(-1) for s in specs]))]  # [E, N, ...]
+        query = features[torch.as_tensor(np.stack([s.query.reshape(-1) for s in specs]))]  # [E, N, ...]
+        variants = {"inductive": (query, 0, 1.0, 0)}
+        for t in temperatures:
+            for balance in (int(b) for b in args.balances.split(",")):
+                variants[f"T{t:g}" + (f" balance{balance}" if balance else "")] = (query, args.steps, t, balance)
+            if args.shift:
+                shifted = query + support.mean(1, keepdim=True) - query.mean(1, keepdim=True)
+                variants[f"shift T{t:g}"] = (shifted, args.steps, t, 0)
+        summary[alphabet] = {}
+        for name, (queries, steps, t, balance) in variants.items():
+            mean, ci = mean_and_ci95(task_accuracies(model, support, queries, steps, t, balance))
+            summary[alphabet][name] = round(100 * mean, 2)
+            print(f"{alphabet:20s} {name:24s} {100 * mean:5.1f} ± {100 * ci:.1f}", flush=True)
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
