@@ -67,7 +67,8 @@ def test_writes_results_csv_markdown_and_plot(bench_a):
     md = (bench_a / "results.md").read_text()
     assert "fewshot bench --root" in md and "--methods protonet,relationnet --train-episodes 4" in md
     assert f"--out {bench_a}" in md
-    assert "| protonet (transductive, 10 steps, balanced) |" in md and "| relationnet |" in md  # relationnet: inductive
+    assert "| protonet (transductive, 10 steps, balanced) |" in md
+    assert "| relationnet (transductive, 10 steps, balanced) |" in md
     assert "Lake runs error" in md
     anchors = md.split("## Published anchors (published figures, not ours)")[1]
     assert "Vinyals et al." in anchors and "| Prototypical networks | Snell et al. 2017 | 98.8 | 99.7 | 96 |" in anchors

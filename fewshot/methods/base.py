@@ -239,8 +239,8 @@ def balance_weights(weights: torch.Tensor, iterations: int) -> torch.Tensor:
     of ``M / N`` and each query's row to 1, ``iterations`` times (ending on the rows, so a query's weights stay a
     distribution).
 
-    The soft assignment closest to ``weights`` (in relative entropy) that gives every class the same share of the
-    queries: the prior of a task whose queries are spread evenly over its classes.
+    As the iterations go on it approaches the soft assignment nearest ``weights`` (in relative entropy) that gives
+    every class the same share of the queries: the prior of a task whose queries are spread evenly over its classes.
     """
     mass = weights.shape[-2] / weights.shape[-1]
     for _ in range(iterations):
