@@ -66,6 +66,14 @@ def test_siamese_recipe_refines_balanced_at_temperature_a_tenth():
     assert (model.transductive_steps, model.transductive_temperature, model.transductive_balance) == (10, 0.1, 10)
 
 
+def test_memorynet_recipe_refines_balanced_at_temperature_one():
+    # Balanced 1 beat the unbalanced 1.5 (and balanced 0.5 by the mean with its unbalanced figure) on the four
+    # folds' validation alphabets (session 33).
+    settings = {**TRAIN_DEFAULTS, **get_recipe("omniglot-memorynet"), "device": "cpu", "precision": "fp32"}
+    model = build_train_config(settings, TensorDataset(torch.rand(6, 1, 28, 28), np.arange(6))).model.build()
+    assert (model.transductive_steps, model.transductive_temperature, model.transductive_balance) == (10, 1.0, 10)
+
+
 def test_relationnet_recipe_trains_on_two_queries_per_class_and_validates_on_five():
     # Two training queries: 2.5 times fewer relation-module pairs per task, more tasks in the budget (session 24).
     settings = {**TRAIN_DEFAULTS, **get_recipe("omniglot-relationnet"), "device": "cpu", "precision": "fp32"}
