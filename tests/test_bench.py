@@ -18,7 +18,7 @@ from fewshot.data.lake_runs import write_lake_runs
 pytestmark = pytest.mark.slow
 
 TINY = ["--methods", "protonet,relationnet", "--train-episodes", "4", "--val-every", "2", "--val-episodes", "5",
-        "--eval-episodes", "10", "--seed", "0"]
+        "--eval-episodes", "4", "--seed", "0"]
 
 
 def _run(root: Path, out: Path, *extra: str) -> int:
@@ -58,7 +58,7 @@ def test_writes_results_csv_markdown_and_plot(bench_a):
         (m, s.name) for m in ("protonet", "relationnet") for s in bench.SETTINGS}
     for r in rows:
         assert 0 <= float(r["accuracy"]) <= 1 and float(r["ci95"]) >= 0, r
-        assert r["episodes"] == "10" and r["train_episodes"] == "4" and r["note"] == ""
+        assert r["episodes"] == "4" and r["train_episodes"] == "4" and r["note"] == ""
         assert float(r["peak_memory_mib"]) > 50 and float(r["episodes_per_s"]) > 0
         assert 0 <= float(r["lake_error"]) <= 1
     assert {(r["ways"], r["shots"], r["within_alphabet"]) for r in rows if r["setting"] == "20way5shot-within"} == {
