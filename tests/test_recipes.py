@@ -74,6 +74,13 @@ def test_memorynet_recipe_refines_balanced_at_temperature_one():
     assert (model.transductive_steps, model.transductive_temperature, model.transductive_balance) == (10, 1.0, 10)
 
 
+def test_protonet_recipe_trains_at_learning_rate_two_thousandths_with_sixty_ways():
+    # 2e-3 tied 1e-3 on the folds' validation alphabets at the full budget and led at a quarter of it (session 34).
+    settings = {**TRAIN_DEFAULTS, **get_recipe("omniglot-protonet"), "device": "cpu", "precision": "fp32"}
+    config = build_train_config(settings, TensorDataset(torch.rand(6, 1, 28, 28), np.arange(6)))
+    assert (config.lr, config.ways) == (2e-3, 60)
+
+
 def test_relationnet_recipe_trains_on_two_queries_per_class_and_validates_on_five():
     # Two training queries: 2.5 times fewer relation-module pairs per task, more tasks in the budget (session 24).
     settings = {**TRAIN_DEFAULTS, **get_recipe("omniglot-relationnet"), "device": "cpu", "precision": "fp32"}
