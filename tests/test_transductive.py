@@ -116,6 +116,28 @@ def test_balancing_assigns_queries_to_different_classes_when_they_are_spread_eve
     assert model.classify_task(support, labels, torch.tensor([[4.0], [4.9], [1.0]])).argmax(1).tolist() != [0, 0, 0]
 
 
+def test_balanced_refinement_predicts_with_the_balanced_probabilities_of_its_last_scores():
+    """Supports at 0 and 10, queries at 4 and 4.5, one balanced step at temperature 10: the refined prototypes still
+    score both queries nearer class 0, and the prediction (the log of those scores' probabilities, balanced as in
+    the step) gives the farther query to class 1, each class the same share."""
+    model = ProtoNet(torch.nn.Identity()).eval()
+    support, labels, query = torch.tensor([[0.0], [10.0]]), torch.tensor([0, 1]), torch.tensor([[4.0], [4.5]])
+    model.set_transductive_steps(1, temperature=10.0, balance=10)
+    weights = balance_weights((model.classify(support, labels, query) / 10.0).softmax(1), 10)
+    prototypes = (support + weights.T @ query) / (1 + weights.sum(0))[:, None]
+    last = -torch.cdist(query, prototypes) ** 2
+    assert last.argmax(1).tolist() == [0, 0]
+    logits = model.classify_task(support, labels, query)
+    assert torch.allclose(logits, balance_weights((last / 10.0).softmax(1), 10).log(), atol=1e-5)
+    assert logits.argmax(1).tolist() == [0, 1]
+    assert torch.allclose(logits.softmax(1).sum(0), torch.ones(2), atol=1e-3)
+    model.balanced_prediction = False  # as SiameseNet: balanced steps, the last scores as they are
+    assert torch.allclose(model.classify_task(support, labels, query), last, atol=1e-5)
+    assert not SiameseNet.balanced_prediction and ProtoNet.balanced_prediction
+    model.set_transductive_steps(1, temperature=10.0, balance=0)  # unbalanced: its own last scores, as they are
+    assert model.classify_task(support, labels, query).argmax(1).tolist() == [0, 0]
+
+
 def test_transductive_steps_travel_in_the_checkpoint_and_are_refused_where_unsupported(tmp_path):
     spec = ModelSpec("protonet", "conv4", {}, {"hidden": 8}, transductive_steps=4, transductive_temperature=0.5,
                      transductive_balance=3)
