@@ -45,6 +45,7 @@ def main() -> None:
     scores: dict[tuple, list[float]] = {}
     for fold, alphabet in VALIDATION.items():
         model, _ = load_model(f"{args.folds}/{args.prefix}_{fold}", "cpu")
+        balance = model.transductive_balance  # as saved, for the steps; inductive means none
         data = select_groups(load_dataset("omniglot", args.root, "minimal", 28, seed=0), [alphabet])
         for ways, shots, queries in SETTINGS:
             specs = TaskSampler(data, ways, shots, queries, args.episodes, seed=1, within_group=True).specs()
@@ -52,7 +53,8 @@ def main() -> None:
             for name, factor in variants.items():
                 # the effective temperature is the model's / K: T/K needs T, and T * factor needs T * factor * K
                 effective = args.temperature * (factor * shots if factor is not None else 1.0)
-                model.set_transductive_steps(0 if name == "inductive" else 10, effective)
+                inductive = name == "inductive"
+                model.set_transductive_steps(0 if inductive else 10, effective, 0 if inductive else balance)
                 accuracy = evaluate(model, data, 0, 0, specs=specs, precision="bf16", confusions=0).accuracy
                 scores.setdefault((ways, shots, queries, name), []).append(100 * accuracy)
                 line.append(f"{name} {100 * accuracy:.1f}")

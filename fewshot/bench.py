@@ -384,7 +384,7 @@ def evaluate_method(run: Path, root: str, episode_paths: dict[str, Path], lake_r
     device = resolve_device(device_name)
     model, spec = load_model(run / "best.pt", device)
     done["transductive_steps"] = spec.transductive_steps  # the report marks transductive rows
-    done["transductive_balance"] = spec.transductive_balance if spec.transductive_steps else 0
+    done["transductive_balance"] = spec.transductive_balance
     dataset = test_dataset(root, spec.image_shape[-1])
     scored, scored_on = model, dataset
     if isinstance(model, MetricMethod):
@@ -528,8 +528,8 @@ def markdown(records: list[dict[str, Any]], bench: dict[str, Any], command: str,
             if result.get("note"):
                 notes.append(f"- {rec['method']}: {result['note']}")
         steps, balanced = ev.get("transductive_steps"), ev.get("transductive_balance")
-        label = (f"{rec['method']} (transductive, {steps} steps{', balanced' if balanced else ''})" if steps
-                 else rec["method"])
+        marks = ", ".join(filter(None, (f"{steps} steps" if steps else "", "balanced" if balanced else "")))
+        label = f"{rec['method']} (transductive, {marks})" if marks else rec["method"]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     if notes:
         lines += ["", "Not available:", "", *_dedupe(notes)]

@@ -43,9 +43,10 @@ TRANSDUCTIVE_HELP = ("metric methods: at test time, refine each task's classes t
 TEMPERATURE_HELP = ("the queries weigh in the transductive steps by softmax(logits * K / this), K shots per "
                     "class")
 BALANCE_HELP = ("assume each task's queries are spread evenly over its classes (true of Lake's runs and of "
-                "evaluate's episodes, which have Q queries per class; not of an arbitrary batch of images): in each "
-                "transductive step, this many Sinkhorn iterations give every class the same share of the queries' "
-                "weights")
+                "evaluate's episodes, which have Q queries per class; not of an arbitrary batch of images): this many "
+                "Sinkhorn iterations give every class the same share of the queries' probabilities, in the "
+                "prediction and in each transductive step (metric and MAML-family methods; with 0 steps, the "
+                "prediction alone)")
 FIXED_HEAD_METHODS = ("maml", "metasgd", "anil", "mann")
 DATA_KEYS = ("dataset", "root", "split", "image_size", "rotations", "flips", "val_alphabets", "val_fraction",
              "holdout_alphabets", "final", "seed")
@@ -353,12 +354,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({**result.summary(), **_transduction(spec)}, indent=1))
     else:
-        if spec.transductive_steps:
-            balance = (f", the queries' weights balanced over the classes ({spec.transductive_balance} Sinkhorn "
+        if spec.transductive:
+            balance = (f"the queries' probabilities balanced over the classes ({spec.transductive_balance} Sinkhorn "
                        "iterations)" if spec.transductive_balance else "")
-            print(f"transductive: each task's classes refined {spec.transductive_steps} times with its queries, "
-                  f"temperature {spec.transductive_temperature:g}{balance} (--transductive-steps 0 classifies each "
-                  "query on its own)")
+            refined = (f"each task's classes refined {spec.transductive_steps} times with its queries"
+                       if spec.transductive_steps else "")
+            print(f"transductive: {', '.join(filter(None, (refined, balance)))}, temperature "
+                  f"{spec.transductive_temperature:g} (--transductive-steps 0 classifies each query on its own)")
         print(f"{result.ways}-way {result.shots}-shot, {result.episodes} episodes ({seconds:.1f} s): accuracy "
               f"{100 * result.accuracy:.2f}% ± {100 * result.ci95:.2f}% (95% CI); macro precision "
               f"{100 * result.precision_macro:.1f}%, recall {100 * result.recall_macro:.1f}%, "
@@ -382,7 +384,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def _transduction(spec) -> dict[str, Any]:
     """What ``evaluate --json`` reports of the transductive setting, so that figures say how they were made."""
     return {"transductive_steps": spec.transductive_steps, "transductive_temperature": spec.transductive_temperature,
-            "transductive_balance": spec.transductive_balance if spec.transductive_steps else 0}
+            "transductive_balance": spec.transductive_balance}
 
 
 def _evaluation_dataset(args: argparse.Namespace, spec) -> FewShotDataset:
@@ -457,8 +459,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from fewshot.training.checkpoint import load_model
 
     model, spec = load_model(args.checkpoint, test_views=args.test_views, transductive_steps=args.transductive_steps)
-    if spec.transductive_steps and spec.transductive_balance and not args.balanced_queries:
-        print(f"note: {args.checkpoint} balances its transductive steps over the classes, which assumes the queries "
+    if spec.transductive_balance and not args.balanced_queries:
+        print(f"note: {args.checkpoint} balances its predictions over the classes, which assumes the queries "
               "are spread evenly over them; not assumed here (--balanced-queries if they are)", file=sys.stderr)
     predictions = predict(model, spec, args.support, args.query, skip_corrupt=args.skip_corrupt,
                           balanced_queries=args.balanced_queries)

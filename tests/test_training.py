@@ -355,14 +355,16 @@ def test_validation_is_inductive_and_the_checkpoint_keeps_its_transductive_steps
     real_evaluate = trainer_module.evaluate
 
     def spy(model, *args, **kwargs):
-        seen.append(model.transductive_steps)
+        seen.append((model.transductive_steps, model.transductive_balance))
         return real_evaluate(model, *args, **kwargs)
 
     monkeypatch.setattr(trainer_module, "evaluate", spy)
     config = small_config(model=ModelSpec("protonet", "conv4", {}, {"hidden": 16}, (1, 16, 16),
-                                          transductive_steps=3, transductive_temperature=0.5))
+                                          transductive_steps=3, transductive_temperature=0.5,
+                                          transductive_balance=4))
     trainer = Trainer(config, blob_dataset(), blob_dataset(seed=1), tmp_path / "run")
     trainer.fit(show_progress=False)
-    assert seen[:3] == [0, 0, 0]  # the three checks chose best.pt on inductive accuracy
-    assert trainer.model.transductive_steps == 3
-    assert load_model(tmp_path / "run")[0].transductive_steps == 3
+    assert seen[:3] == [(0, 0)] * 3  # the three checks chose best.pt on inductive, unbalanced accuracy
+    assert (trainer.model.transductive_steps, trainer.model.transductive_balance) == (3, 4)
+    saved = load_model(tmp_path / "run")[0]
+    assert (saved.transductive_steps, saved.transductive_balance) == (3, 4)

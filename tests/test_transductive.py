@@ -146,7 +146,9 @@ def test_transductive_steps_travel_in_the_checkpoint_and_are_refused_where_unsup
     save_checkpoint(tmp_path / "best.pt", model, spec)
     assert load_model(tmp_path)[0].transductive_temperature == 0.5
     assert load_model(tmp_path)[0].transductive_balance == 3
-    assert load_model(tmp_path, transductive_steps=0)[0].transductive_steps == 0
+    inductive = load_model(tmp_path, transductive_steps=0)[0]  # 0 steps alone: each query on its own
+    assert (inductive.transductive_steps, inductive.transductive_balance) == (0, 0)
+    assert load_model(tmp_path, transductive_steps=0, transductive_balance=3)[0].transductive_balance == 3
     assert load_model(tmp_path, transductive_temperature=0.1)[0].transductive_temperature == 0.1
     assert load_model(tmp_path, transductive_balance=0)[0].transductive_balance == 0
     old = {k: v for k, v in spec.to_dict().items() if not k.startswith("transductive_")}  # before the options
@@ -159,3 +161,47 @@ def test_transductive_steps_travel_in_the_checkpoint_and_are_refused_where_unsup
         model.set_transductive_steps(2, balance=-1)
     with pytest.raises(ValueError, match="no per-image features"):
         make_method("maml", make_backbone("conv4", hidden=8), ways=5).set_transductive_steps(2)
+
+
+def test_balanced_prediction_without_steps_balances_the_inductive_probabilities():
+    """Supports at 0 and 10, queries at 4 and 4.5: inductively both are class 0; balanced with no refinement step, the
+    logits are the log of the inductive probabilities (at the temperature divided by the shots) balanced over the
+    classes, and the farther query goes to class 1. Not in training, and not for a method that balances only its
+    steps."""
+    model = ProtoNet(torch.nn.Identity()).eval()
+    support, labels, query = torch.tensor([[0.0], [10.0]]), torch.tensor([0, 1]), torch.tensor([[4.0], [4.5]])
+    inductive = model.classify(support, labels, query)
+    model.set_transductive_steps(0, temperature=10.0, balance=10)
+    logits = model.classify_task(support, labels, query)
+    assert torch.allclose(logits, balance_weights((inductive / 10.0).softmax(1), 10).log(), atol=1e-5)
+    assert inductive.argmax(1).tolist() == [0, 0] and logits.argmax(1).tolist() == [0, 1]
+    two_shots = torch.tensor([0, 0, 1, 1])
+    assert torch.allclose(model.classify_task(support.repeat_interleave(2, 0), two_shots, query),
+                          balance_weights((inductive / 5.0).softmax(1), 10).log(), atol=1e-5)
+    assert torch.equal(model.train().classify_task(support, labels, query), inductive)
+    with pytest.raises(ValueError, match="balances only its transductive steps"):
+        SiameseNet(torch.nn.Identity()).set_transductive_steps(0, balance=10)
+    with pytest.raises(ValueError, match="balances only its transductive steps"):
+        make_method("mann", make_backbone("conv4", hidden=8)).set_transductive_steps(0, balance=10)
+
+
+@pytest.mark.parametrize("method", ["protomaml", "maml"])
+def test_optimization_methods_balance_their_adapted_logits(method):
+    """MAML's family has no features to refine, but balances its prediction: eval-mode logits are the log of the
+    adapted logits' probabilities balanced over the classes, every class then holds the same share of the queries;
+    the balance stays in the checkpoint's spec and out of training."""
+    torch.manual_seed(0)
+    spec = ModelSpec(method, "conv4", {"ways": 5} if method == "maml" else {}, {"hidden": 8}, (1, 16, 16),
+                     transductive_temperature=0.5, transductive_balance=20)
+    model = spec.build().eval()
+    assert spec.transductive and model.transductive_steps == 0
+    support, labels = torch.rand(5, 1, 16, 16), torch.arange(5)
+    query = support.repeat(2, 1, 1, 1) + 0.3 * torch.rand(10, 1, 16, 16)  # two per class
+    balanced = model(support, labels, query)
+    model.transductive_balance = 0
+    adapted = model(support, labels, query)
+    assert torch.allclose(balanced, balance_weights((adapted / 0.5).softmax(1), 20).log(), atol=1e-5)
+    assert torch.allclose(balanced.softmax(1).sum(0), torch.full((5,), 2.0), atol=1e-2)
+    model.transductive_balance = 20
+    model.train()
+    assert model.balance_prediction(adapted) is adapted

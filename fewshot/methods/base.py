@@ -38,9 +38,16 @@ class FewShotMethod(nn.Module):
     #: Transductive inference (:meth:`set_transductive_steps`): refinements of a task's classes by its unlabelled
     #: queries in eval mode (0: each query is classified on its own).
     transductive_steps: int = 0
-    #: Sinkhorn iterations that spread the queries' weights evenly over the classes in each refinement step
-    #: (0: no assumption about how the queries fall into the classes).
+    #: Sinkhorn iterations that spread the queries' weights evenly over the classes in each refinement step and,
+    #: where :attr:`balanced_prediction`, in the prediction (0: no assumption about how the queries fall into the
+    #: classes).
     transductive_balance: int = 0
+    #: The temperature of the probabilities that are balanced (and weigh the queries in a refinement step), at one
+    #: shot per class; chosen on validation per method, as the scale of the logits differs between methods.
+    transductive_temperature: float = 1.0
+    #: Whether, with :attr:`transductive_balance`, the eval-mode logits are the log of the query probabilities
+    #: balanced over the classes (:meth:`balance_prediction`), with or without refinement steps.
+    balanced_prediction: bool = False
 
     def __init__(self, backbone: nn.Module) -> None:
         super().__init__()
@@ -71,11 +78,28 @@ class FewShotMethod(nn.Module):
         if steps and self.transductive_unsupported:
             raise ValueError(f"transductive inference is not available here: {self.transductive_unsupported} "
                              "(use 0 steps)")
+        if balance and not steps and not self.balanced_prediction:
+            raise ValueError(f"{type(self).__name__} balances only its transductive steps, so a balance needs steps "
+                             "(give --transductive-steps, or a balance of 0)")
         self.transductive_steps = int(steps)
         if temperature is not None:
             self.transductive_temperature = float(temperature)
         if balance is not None:
             self.transductive_balance = int(balance)
+
+    def balance_prediction(self, logits: torch.Tensor, shots: float = 1.0) -> torch.Tensor:
+        """In eval mode with :attr:`transductive_balance` (and :attr:`balanced_prediction`), the log of the queries'
+        probabilities ``softmax(logits * shots / transductive_temperature)`` balanced over the classes by
+        :func:`balance_weights`; otherwise ``logits`` as they are. ``[..., M, N]`` in and out (fp32 when balanced).
+
+        The prior of a task whose queries are spread evenly over its classes (Lake's runs, episodes of Q queries per
+        class): the argmax is no longer free to give two queries the class that only one of them fits. ``softmax``
+        of the result is the balanced probabilities themselves.
+        """
+        if self.training or not (self.transductive_balance and self.balanced_prediction):
+            return logits
+        weights = (logits.float() * shots / self.transductive_temperature).softmax(-1)
+        return balance_weights(weights, self.transductive_balance).clamp_min(1e-30).log()
 
     @property
     def test_views_unsupported(self) -> str | None:
@@ -159,12 +183,7 @@ class MetricMethod(FewShotMethod):
     unit_features: bool = False
     test_views_unsupported = None
     transductive_unsupported = None
-    #: The temperature of the probabilities that weigh the queries in the transductive refinement (chosen on
-    #: validation per method: the scale of the logits differs between methods).
-    transductive_temperature: float = 1.0
-    #: Whether balanced refinement (``transductive_balance``) also balances the prediction: the logits returned are
-    #: the log of the last scores' probabilities, balanced as the steps balance the queries' weights.
-    balanced_prediction: bool = True
+    balanced_prediction = True
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """``[B, C, H, W]`` -> ``[B, D]``."""
@@ -198,43 +217,47 @@ class MetricMethod(FewShotMethod):
         (``softmax(logits * K / transductive_temperature)``, K the mean number of support images per class; with
         :attr:`transductive_balance`, rescaled by :func:`balance_weights` so that each class receives the same
         total weight); each support feature moves with its class's mean and :meth:`classify` scores the queries
-        again. Balanced (and with :attr:`balanced_prediction`), the returned logits are the log of the last scores'
-        probabilities balanced the same way.
+        again. With :attr:`transductive_balance` (and :attr:`balanced_prediction`) the returned logits are the last
+        scores balanced the same way (:meth:`~FewShotMethod.balance_prediction`), with or without steps.
         For ProtoNet this is soft k-means on the prototypes; any metric method takes it. Shapes as
         :meth:`classify` (feature maps are flattened for the means).
         """
         logits = self.classify(support_features, support_labels, query_features)
-        steps = 0 if self.training else self.transductive_steps
-        if not steps:
+        if self.training or not (self.transductive_steps or self.transductive_balance):
             return logits
+        # The temperature is for 1-shot tasks. With K shots per class it is divided by K: the inductive prediction
+        # is surer, and at the 1-shot temperature wrong queries pulled the classes away (on validation, 20-way 2-
+        # and 5-shot tasks lost up to 2.3 and 1.2 points against inductive; divided by K, at most 0.1).
+        shots = support_labels.shape[-1] / (int(support_labels.max()) + 1)
         with torch.autocast(support_features.device.type, enabled=False):
-            support, query = full_precision(support_features), full_precision(query_features)
-            leading = support_labels.shape[:-1]  # episodes
-            flat_support = support.reshape(*support_labels.shape, -1)  # [..., n, F]
-            flat_query = query.reshape(*leading, query.shape[len(leading)], -1)  # [..., M, F]
-            one_hot = F.one_hot(support_labels, int(support_labels.max()) + 1).to(support.dtype)  # [..., n, N]
-            counts = one_hot.sum(-2)[..., None]  # [..., N, 1]
-            sums = one_hot.transpose(-1, -2) @ flat_support  # [..., N, F]
-            # The temperature is for 1-shot tasks. With K shots per class it is divided by K: the inductive
-            # prediction is surer, and at the 1-shot temperature wrong queries pulled the classes away (on validation,
-            # 20-way 2- and 5-shot tasks lost up to 2.3 and 1.2 points against inductive; divided by K, at most 0.1).
-            temperature = self.transductive_temperature * one_hot.shape[-1] / support_labels.shape[-1]
-            for _ in range(steps):
-                weights = (logits.float() / temperature).softmax(-1)  # [..., M, N]
-                if self.transductive_balance:
-                    weights = balance_weights(weights, self.transductive_balance)
-                means = (sums + weights.transpose(-1, -2) @ flat_query) / (counts + weights.sum(-2)[..., None])
-                moved = flat_support + one_hot @ (means - sums / counts)
-                if self.unit_features:
-                    moved = F.normalize(moved, dim=-1)
-                logits = self.classify(moved.view(support.shape), support_labels, query)
-            if self.transductive_balance and self.balanced_prediction:
-                # The prediction takes the prior the steps used: the log of the balanced probabilities, so that the
-                # argmax is no longer free to give two queries the class that only one of them fits (on the folds'
-                # validation alphabets, ProtoNet 92.7% against 92.4% with the steps' argmax; docs/results.md,
-                # "Session 35"). softmax of these logits is the balanced probabilities themselves.
-                weights = balance_weights((logits.float() / temperature).softmax(-1), self.transductive_balance)
-                logits = weights.clamp_min(1e-30).log()
+            if self.transductive_steps:
+                logits = self._refine(logits, support_features, support_labels, query_features, shots)
+            # The prediction takes the prior the steps used (on the folds' validation alphabets, ProtoNet 92.7%
+            # against 92.4% with the steps' argmax; docs/results.md, "Session 35").
+            return self.balance_prediction(logits, shots)
+
+    def _refine(
+        self, logits: torch.Tensor, support_features: torch.Tensor, support_labels: torch.Tensor,
+        query_features: torch.Tensor, shots: float,
+    ) -> torch.Tensor:
+        """The logits after :attr:`transductive_steps` soft k-means steps (:meth:`classify_task`), in fp32."""
+        support, query = full_precision(support_features), full_precision(query_features)
+        leading = support_labels.shape[:-1]  # episodes
+        flat_support = support.reshape(*support_labels.shape, -1)  # [..., n, F]
+        flat_query = query.reshape(*leading, query.shape[len(leading)], -1)  # [..., M, F]
+        one_hot = F.one_hot(support_labels, int(support_labels.max()) + 1).to(support.dtype)  # [..., n, N]
+        counts = one_hot.sum(-2)[..., None]  # [..., N, 1]
+        sums = one_hot.transpose(-1, -2) @ flat_support  # [..., N, F]
+        temperature = self.transductive_temperature / shots
+        for _ in range(self.transductive_steps):
+            weights = (logits.float() / temperature).softmax(-1)  # [..., M, N]
+            if self.transductive_balance:
+                weights = balance_weights(weights, self.transductive_balance)
+            means = (sums + weights.transpose(-1, -2) @ flat_query) / (counts + weights.sum(-2)[..., None])
+            moved = flat_support + one_hot @ (means - sums / counts)
+            if self.unit_features:
+                moved = F.normalize(moved, dim=-1)
+            logits = self.classify(moved.view(support.shape), support_labels, query)
         return logits
 
     def forward(

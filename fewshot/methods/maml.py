@@ -172,6 +172,7 @@ class MAML(FewShotMethod):
     prototype_head: bool = False
     #: The inner loop runs through ``functional_call`` on replicas too: evaluation may adapt tasks on threads.
     thread_safe_replicas = True
+    balanced_prediction = True
 
     def __init__(
         self,
@@ -329,9 +330,11 @@ class MAML(FewShotMethod):
     def forward(
         self, support_images: torch.Tensor, support_labels: torch.Tensor, query_images: torch.Tensor
     ) -> torch.Tensor:
-        """Query logits ``[M, N]`` after test-time adaptation (``test_inner_steps`` steps of ``test_inner_lr``)."""
+        """Query logits ``[M, N]`` after test-time adaptation (``test_inner_steps`` steps of ``test_inner_lr``),
+        balanced over the classes with :attr:`transductive_balance` (:meth:`~FewShotMethod.balance_prediction`)."""
         ways = int(support_labels.max()) + 1
-        return self.adapt(support_images, support_labels, query_images, ways, training=False)
+        logits = self.adapt(support_images, support_labels, query_images, ways, training=False)
+        return self.balance_prediction(logits, support_labels.shape[0] / ways)
 
     def loss(self, task: Task) -> tuple[torch.Tensor, torch.Tensor]:
         """Query cross-entropy after training-time adaptation, and the query logits ``[M, N]``."""

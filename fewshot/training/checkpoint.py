@@ -34,9 +34,10 @@ class ModelSpec:
             ``test_augment`` (None: the method's default transforms).
         transductive_steps / transductive_temperature: refinements of a task's classes by its unlabelled queries
             at test time, and the temperature of the probabilities that weigh them
-            (``FewShotMethod.set_transductive_steps``; 0 steps: each query is classified on its own).
+            (``FewShotMethod.set_transductive_steps``; 0 steps and no balance: each query is classified on its own).
         transductive_balance: Sinkhorn iterations that give every class the same share of the queries' weights
-            in each refinement step (0: none); it assumes a task's queries are spread evenly over its classes.
+            in each refinement step and in the prediction (0: none), with or without steps where the method can
+            (``FewShotMethod.balanced_prediction``); it assumes a task's queries are spread evenly over its classes.
         temperature: probabilities are ``softmax(logits / temperature)``; 1 unless fitted by ``fewshot calibrate``
             (:func:`fewshot.evaluation.calibration.fit_temperature`). It never changes a prediction.
         ensemble: how many backbones of this spec, trained apart, the model holds side by side
@@ -64,10 +65,15 @@ class ModelSpec:
         model = make_method(self.method, backbone, **self.method_options)
         if self.test_views > 1:
             model.set_test_views(self.test_views, self.test_augment)
-        if self.transductive_steps:
+        if self.transductive:
             model.set_transductive_steps(self.transductive_steps, self.transductive_temperature,
                                          self.transductive_balance)
         return model
+
+    @property
+    def transductive(self) -> bool:
+        """Whether a query's prediction depends on the other queries of its task (refinement steps or balance)."""
+        return bool(self.transductive_steps or self.transductive_balance)
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "image_shape": list(self.image_shape)}
@@ -181,7 +187,8 @@ def load_model(
 
     ``test_views`` overrides the number of test-time views saved with the model (1 turns them off);
     ``transductive_steps``, ``transductive_temperature`` and ``transductive_balance`` its transductive
-    refinements (0 steps: none; None keeps what was saved).
+    refinements (None keeps what was saved); 0 steps without a balance given turns transduction off (no balance
+    either: each query is classified on its own).
     """
     checkpoint = read_checkpoint(path)
     spec = ModelSpec.from_dict(checkpoint["spec"])
@@ -191,6 +198,8 @@ def load_model(
         spec = replace(spec, transductive_steps=transductive_steps)
     if transductive_temperature is not None:
         spec = replace(spec, transductive_temperature=transductive_temperature)
+    if transductive_balance is None and transductive_steps == 0:
+        transductive_balance = 0
     if transductive_balance is not None:
         spec = replace(spec, transductive_balance=transductive_balance)
     model = spec.build()

@@ -226,15 +226,16 @@ class Trainer:
         # Checkpoints are chosen on inductive accuracy: transductive steps multiply the cost of classifying a task
         # by steps + 1, and for the relation network they took most of a 5-minute budget (750 training episodes
         # instead of 3250). The fold checkpoints behind the transductive figures were chosen inductively too.
-        views, steps = self.model.test_views, self.model.transductive_steps
+        views, steps, balance = self.model.test_views, self.model.transductive_steps, self.model.transductive_balance
         if not isinstance(self.model, MetricMethod):
             self.model.test_views = 1
-        self.model.transductive_steps = 0
+        self.model.transductive_steps = self.model.transductive_balance = 0
         try:
             # Always full precision: model selection should not depend on the speed options of training.
             result = evaluate(self.model, self.val_set, 0, 0, specs=self.val_specs, device=self.device)
         finally:
-            self.model.test_views, self.model.transductive_steps = views, steps
+            self.model.test_views, self.model.transductive_steps, self.model.transductive_balance = (
+                views, steps, balance)
         return result.accuracy, result.ci95
 
     def log(self, lr: float) -> dict:
