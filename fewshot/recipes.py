@@ -77,6 +77,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     # balanced refinement, affine alone led on the four validation alphabets at the full budget (93.2 against 92.7%,
     # 4 of 4) and at a slow CPU's episode count (91.0 against 90.5%); held-out +0.7 ± 1.5 and +1.0 ± 2.5 (5 of 7
     # ahead each), most of it on Balinese. Half the affine ranges did worse (90.6%), 24x24 images no better (90.5%).
+    # A second seed was level (91.0% both at 215 s; 0.4 behind on two folds at 15 minutes): over all fourteen paired
+    # validation comparisons +0.25, at about a tenth more episodes; "no worse" rather than a gain ("Session 37").
     "omniglot-protonet": {**_VIEWS, "method": "protonet", "ways": 60, "lr": 2e-3, "flips": True,
                           "backbone_options": "hidden=(32,64,64,64)", **_transductive(1.0, balance=10)},
     # Set from synthetic-glyph runs and one Omniglot leave-alphabets-out run each. Siamese: elastic distortion
