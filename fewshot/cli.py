@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from fewshot.data import DATASETS, DataError
 from fewshot.training.checkpoint import CheckpointError
 from fewshot.training.trainer import TrainingError
+from fewshot.utils import keep_freed_memory
 
 
 class UsageError(Exception):
@@ -74,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        keep_freed_memory()  # training and evaluation steps reuse their freed activations' pages (the why: there)
         func: Callable[[argparse.Namespace], int] = args.func
         return func(args)
     except (UsageError, DataError, CheckpointError, ValueError) as err:  # bad input: one line, no traceback

@@ -368,3 +368,35 @@ def test_validation_is_inductive_and_the_checkpoint_keeps_its_transductive_steps
     assert (trainer.model.transductive_steps, trainer.model.transductive_balance) == (3, 4)
     saved = load_model(tmp_path / "run")[0]
     assert (saved.transductive_steps, saved.transductive_balance) == (3, 4)
+
+
+def test_keep_freed_memory_lets_a_loop_reuse_its_pages_instead_of_faulting_in_new_ones():
+    # 40 MB tensors are above glibc's largest mmap threshold: by default each one gets fresh pages from the kernel,
+    # a fault per page when it is first written. With the setting, a loop that frees and reallocates them (as a
+    # training step does with its activations) settles on heap pages it already has.
+    import subprocess
+    import sys
+
+    script = """
+import resource, sys, torch
+from fewshot.utils import keep_freed_memory
+if sys.argv[1] == "keep" and not keep_freed_memory():
+    sys.exit(3)
+torch.set_num_threads(1)
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for step in range(30):
+    if step == 20:
+        before = faults()
+    torch.empty(10 << 20).fill_(1.0)
+print(faults() - before)
+"""
+    faults = {}
+    for side in ("keep", "default"):
+        result = subprocess.run([sys.executable, "-c", script, side], capture_output=True, text=True)
+        if result.returncode == 3:
+            pytest.skip("this C library has no mallopt")
+        assert result.returncode == 0, result.stderr
+        faults[side] = int(result.stdout)
+    assert faults["default"] >= 10  # at least one fault per allocation (a huge page each, at best)
+    assert faults["keep"] * 10 < faults["default"], faults

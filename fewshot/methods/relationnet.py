@@ -71,8 +71,8 @@ class RelationModule(nn.Module):
         from_class = F.conv2d(class_maps, weight[:, :c], padding=1)  # [N, channels, h, w]
         from_query = F.conv2d(query_maps, weight[:, c:], padding=1)  # [M, channels, h, w]
         pairs = (from_query[:, None] + from_class[None]).flatten(0, 1)  # [M*N, channels, h, w], query-major
-        x = _pool(F.relu(self.bn1(pairs)))
-        x = _pool(F.relu(self.bn2(self.conv2(x))))
+        x = F.relu(_pool(self.bn1(pairs)))  # pool, then ReLU: the same values (they commute), a quarter of the work
+        x = F.relu(_pool(self.bn2(self.conv2(x))))
         x = x.mean(dim=(2, 3))  # [M*N, channels]
         return self.fc2(F.relu(self.fc1(x))).view(m, n)
 
@@ -88,8 +88,9 @@ def _keep_maps(backbone: nn.Module, embedding_pool_layers: int | None) -> None:
         raise ValueError(f"embedding_pool_layers must be between 0 and {depth} (got {embedding_pool_layers})")
     for i in range(embedding_pool_layers, depth):
         block = backbone.blocks[i]
-        if isinstance(block[-1], nn.MaxPool2d):
-            block[-1] = nn.Identity()
+        for j, layer in enumerate(block):
+            if isinstance(layer, nn.MaxPool2d):
+                block[j] = nn.Identity()
     backbone.min_size = 2**embedding_pool_layers  # Conv-4's input size check
 
 
