@@ -119,6 +119,49 @@ print(freed - resident_mb())
     assert float(result.stdout) > 50  # of the 100 MB freed
 
 
+def test_confused_pairs_count_every_pair_and_order_ties_by_class():
+    from collections import Counter
+
+    from fewshot.data import TaskSpec
+    from fewshot.evaluation.evaluate import confusion_pairs, query_labels
+
+    rng = np.random.default_rng(0)
+    names = [f"c{i}" for i in range(13)]
+    specs = [TaskSpec(rng.choice(13, 4, replace=False), np.zeros((4, 1), int), np.zeros((4, 3), int))
+             for _ in range(200)]
+    predictions = [rng.integers(0, 4, 12) for _ in specs]
+    counted = Counter((names[s.classes[t]], names[s.classes[p]]) for s, y, ps in zip(specs, query_labels(specs),
+                                                                                     predictions, strict=True)
+                      for t, p in zip(y, ps, strict=True) if t != p)
+    by_count_then_class = sorted(counted.items(), key=lambda kv: (-kv[1], names.index(kv[0][0]),
+                                                                  names.index(kv[0][1])))
+    pairs = confusion_pairs(specs, predictions, names, top=len(counted))
+    assert [((p["true"], p["predicted"]), p["count"]) for p in pairs] == by_count_then_class
+    assert sum(p["share"] for p in pairs) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_a_loaded_model_computes_in_channels_last_with_the_same_logits(tmp_path, channels):
+    from fewshot.training.checkpoint import ModelSpec, load_model, save_checkpoint
+
+    torch.manual_seed(0)
+    spec = ModelSpec("protonet", "conv4", {}, {}, (channels, 28, 28))
+    save_checkpoint(tmp_path / "model.pt", spec.build().eval(), spec)
+    loaded, _ = load_model(tmp_path / "model.pt")
+    plain, _ = load_model(tmp_path / "model.pt", channels_last=False)
+    assert loaded.backbone.blocks[1][0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert plain.backbone.blocks[1][0].weight.is_contiguous()
+    pooled = []
+    loaded.backbone.blocks[0][2].register_forward_hook(lambda module, inputs, output: pooled.append(output))
+    support, query = torch.rand(10, channels, 28, 28), torch.rand(6, channels, 28, 28)
+    labels = torch.arange(5).repeat_interleave(2)
+    with torch.no_grad():
+        fast, reference = loaded(support, labels, query), plain(support, labels, query)
+    assert pooled[0].is_contiguous(memory_format=torch.channels_last) and not pooled[0].is_contiguous()
+    torch.testing.assert_close(fast, reference, rtol=1e-5, atol=1e-5)
+    assert not torch.equal(fast, torch.zeros_like(fast))
+
+
 def test_confused_pairs_name_the_look_alike_classes():
     from tests.helpers import assert_cached_evaluation_matches_per_task, blob_dataset
 

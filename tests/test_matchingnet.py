@@ -113,7 +113,7 @@ def test_fce_checkpoint_round_trip(tmp_path):
             parameter -= 0.01 * parameter.grad
     model.eval()
     save_checkpoint(tmp_path / "model.pt", model, spec)
-    loaded, _ = load_model(tmp_path / "model.pt")
+    loaded, _ = load_model(tmp_path / "model.pt", channels_last=False)  # the saved layout: bit for bit
     assert any(key.startswith("support_lstm.") for key in loaded.state_dict())
     task = _glyph_task(ways=4, shots=2, queries=2)
     args = (task.support_images, task.support_labels, task.query_images)

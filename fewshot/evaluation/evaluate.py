@@ -139,10 +139,11 @@ def confusion_pairs(
     wrong = true != predicted
     if not wrong.any():
         return []
-    pairs, counts = np.unique(np.stack([true[wrong], predicted[wrong]], 1), axis=0, return_counts=True)
+    # One integer per pair (true-major, so sorted codes are sorted pairs): a 1-D unique is far faster than axis=0.
+    codes, counts = np.unique(true[wrong] * len(class_names) + predicted[wrong], return_counts=True)
     order = np.argsort(-counts, kind="stable")[:top]  # ties: in class order
-    return [{"true": class_names[pairs[i, 0]], "predicted": class_names[pairs[i, 1]], "count": int(counts[i]),
-             "share": float(counts[i] / wrong.sum())} for i in order]
+    return [{"true": class_names[codes[i] // len(class_names)], "predicted": class_names[codes[i] % len(class_names)],
+             "count": int(counts[i]), "share": float(counts[i] / wrong.sum())} for i in order]
 
 
 def _logits(model: FewShotMethod, task: Task, device: torch.device, precision: str) -> torch.Tensor:
