@@ -109,6 +109,12 @@ class SiameseNet(MetricMethod):
     triplet margin merely by growing). On synthetic glyphs the contrastive and BCE losses learned faster and
     more stably normalised, and the triplet loss equally well.
 
+    Batch-hard triplets can collapse: on Omniglot (30-way tasks, margin 0.5) they sent every image to nearly one
+    point within the first few hundred episodes (different characters about 0.007 apart, the loss stuck at the
+    margin) for 3000 to 5000 episodes before leaving it. The contrastive loss at the same margin keeps characters
+    about 0.7 apart: 2.5 to 3.4 points ahead on validation after two minutes, 13.5 (balanced) after 4400 episodes,
+    level after fifteen minutes (docs/results.md, "Session 39"). A triplet loss that stays at ``margin`` is this.
+
     * ``loss="contrastive"`` / ``"triplet"``: the similarity is minus the Euclidean (not squared) distance, the
       distance the losses use.
     * ``loss="bce"``: Koch et al.'s learned similarity ``p(same) = sigmoid(w . |f(x1) - f(x2)| + b)``, trained

@@ -187,7 +187,7 @@ def load_model(
 
     ``channels_last``: its convolution weights in channels-last memory, as the trainer keeps them, so that
     convolutions and pooling return channels-last maps: the same numbers up to rounding, and on a CPU evaluation
-    1.1 to 2 times as fast (PyTorch's max-pooling of channels-first maps is far slower; docs/results.md,
+    1.1 to 1.9 times as fast (PyTorch's max-pooling of channels-first maps is far slower; docs/results.md,
     "Session 39").
 
     ``test_views`` overrides the number of test-time views saved with the model (1 turns them off);
