@@ -130,6 +130,7 @@ def test_empty_class_folder(root):
     with pytest.raises(DataError, match="every class needs at least one image") as err:
         ImageFolder(root)
     assert str(empty) in str(err.value)
+    assert "add images or remove the folder" in str(err.value)  # what a command-line user can do
     with pytest.warns(UserWarning, match="emu"):
         data = ImageFolder(root, allow_empty=True)
     assert data.class_names == ["cat", "dog", "zebra"]

@@ -127,8 +127,8 @@ class ImageFolder(FewShotDataset):
         if any(d.is_dir() for d in folder.iterdir()):
             hint = " (subfolders are not searched: point root at the folder holding the class folders)"
         raise DataError(
-            f"class folder {folder} {what}{hint}; every class needs at least one image: add images, remove "
-            "the folder, or pass allow_empty=True to drop empty classes"
+            f"class folder {folder} {what}{hint}; every class needs at least one image: add images or remove "
+            "the folder (in Python, ImageFolder(..., allow_empty=True) drops empty classes with a warning)"
         )
 
     def _decode(self, path: Path) -> torch.Tensor:
