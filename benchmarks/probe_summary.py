@@ -1,0 +1,50 @@
+"""Summarise the four folds' transductive probes: validation accuracy per fold, and the mean over the seven
+20-way held-out alphabets with a Student-t 95% interval over them (what to expect on a new alphabet).
+
+    python benchmarks/probe_summary.py runs/scored/memorynet    # reads runs/scored/memorynet_F1.probe.txt .. F4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+# fold: (validation alphabet, held-out alphabets probed at 20 ways)
+FOLDS = {"F1": ("Early_Aramaic", ["Korean", "Balinese"]), "F2": ("Sanskrit", ["Japanese_(katakana)"]),
+         "F3": ("Japanese_(katakana)", ["Sanskrit", "Greek"]), "F4": ("Sanskrit", ["Latin", "Early_Aramaic"])}
+
+
+def read_probe(path: Path) -> dict[str, dict[str, float]]:
+    """The probe's closing JSON line: ``{alphabet: {variant: accuracy in percent}}``."""
+    lines = [line for line in path.read_text().splitlines() if line.startswith("{")]
+    if not lines:
+        raise SystemExit(f"{path} holds no probe summary: did the probe finish? (rerun scored_folds.sh)")
+    return json.loads(lines[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("prefix", help="run folders' prefix: PREFIX_F1.probe.txt ... PREFIX_F4.probe.txt")
+    prefix = p.parse_args().prefix
+    validation: dict[str, dict[str, float]] = {}
+    held_out: dict[str, dict[str, float]] = {}
+    for fold, (val_alphabet, held) in FOLDS.items():
+        probe = read_probe(Path(f"{prefix}_{fold}.probe.txt"))
+        validation[fold] = probe[val_alphabet]
+        held_out.update({alphabet: probe[alphabet] for alphabet in held})
+    print("variant | validation F1 / F2 / F3 / F4 (mean) | held-out mean ± 95% CI (7) | error | " +
+          " ".join(held_out))
+    for variant in validation["F1"]:
+        val = [validation[fold][variant] for fold in FOLDS]
+        held = np.array([held_out[alphabet][variant] for alphabet in held_out])
+        ci = stats.t.ppf(0.975, len(held) - 1) * held.std(ddof=1) / np.sqrt(len(held))
+        print(f"{variant} | {' / '.join(f'{v:.1f}' for v in val)} ({np.mean(val):.2f}) | {held.mean():.2f} ± {ci:.1f}"
+              f" | {100 - held.mean():.1f}% | " + " ".join(f"{a:.1f}" for a in held))
+
+
+if __name__ == "__main__":
+    main()
