@@ -20,6 +20,8 @@ FOLDS = {"F1": ("Early_Aramaic", ["Korean", "Balinese"]), "F2": ("Sanskrit", ["J
 
 def read_probe(path: Path) -> dict[str, dict[str, float]]:
     """The probe's closing JSON line: ``{alphabet: {variant: accuracy in percent}}``."""
+    if not path.is_file():
+        raise SystemExit(f"{path} not found: run benchmarks/scored_folds.sh with this OUT and TAG first")
     lines = [line for line in path.read_text().splitlines() if line.startswith("{")]
     if not lines:
         raise SystemExit(f"{path} holds no probe summary: did the probe finish? (rerun scored_folds.sh)")
