@@ -34,11 +34,11 @@ fold() {  # name, held-out alphabets, validation alphabet, alphabets to probe (v
       --split minimal --holdout-alphabets "$2" --val-alphabets "$3" --episodes "$episodes" --time-budget 1000000 \
       --val-every "$VAL_EVERY" --seed "$SEED" --out "$run" --quiet > "$run.log" 2>&1
   OMP_NUM_THREADS=1 python "$here/transductive_probe.py" "$run" --root "$ROOT" --alphabets "$4" \
-      --temperatures "$temperature" --balances 0,10 > "$run.probe.txt"
+      --temperatures "$temperature" --balances 0,10 > "$run.probe.txt" 2> "$run.probe.log"
 }
 fold F1 "Korean,Balinese" Early_Aramaic "Early_Aramaic,Korean,Balinese" & first=$!
 fold F2 "Japanese_(katakana),Tagalog" Sanskrit "Sanskrit,Japanese_(katakana)" & second=$!
-wait $first; wait $second   # a failed fold stops the script: its log is OUT/TAG_FOLD.log
+wait $first; wait $second   # a failed fold stops the script: see OUT/TAG_FOLD.log and OUT/TAG_FOLD.probe.log
 fold F3 "Sanskrit,Greek" "Japanese_(katakana)" "Japanese_(katakana),Sanskrit,Greek" & first=$!
 fold F4 "Latin,Early_Aramaic" Sanskrit "Sanskrit,Latin,Early_Aramaic" & second=$!
 wait $first; wait $second
