@@ -2,6 +2,7 @@
 20-way held-out alphabets with a Student-t 95% interval over them (what to expect on a new alphabet).
 
     python benchmarks/probe_summary.py runs/scored/memorynet    # reads runs/scored/memorynet_F1.probe.txt .. F4
+    python benchmarks/probe_summary.py runs/scored/memorynet --against runs/old/memorynet   # and paired by alphabet
 """
 
 from __future__ import annotations
@@ -28,24 +29,45 @@ def read_probe(path: Path) -> dict[str, dict[str, float]]:
     return json.loads(lines[-1])
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("prefix", help="run folders' prefix: PREFIX_F1.probe.txt ... PREFIX_F4.probe.txt")
-    prefix = p.parse_args().prefix
+def read_folds(prefix: str) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
+    """Each fold's validation accuracies and each held-out alphabet's, ``{name: {variant: percent}}``."""
     validation: dict[str, dict[str, float]] = {}
     held_out: dict[str, dict[str, float]] = {}
     for fold, (val_alphabet, held) in FOLDS.items():
         probe = read_probe(Path(f"{prefix}_{fold}.probe.txt"))
         validation[fold] = probe[val_alphabet]
         held_out.update({alphabet: probe[alphabet] for alphabet in held})
+    return validation, held_out
+
+
+def t_interval(values: np.ndarray) -> float:
+    """Half-width of the Student-t 95% interval of the mean of ``values`` (n,)."""
+    return float(stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values)))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("prefix", help="run folders' prefix: PREFIX_F1.probe.txt ... PREFIX_F4.probe.txt")
+    p.add_argument("--against", metavar="PREFIX", help="another set of folds probed alike: print the held-out "
+                   "difference paired by alphabet (this minus that) for each variant both have")
+    args = p.parse_args()
+    validation, held_out = read_folds(args.prefix)
     print("variant | validation F1 / F2 / F3 / F4 (mean) | held-out mean ± 95% CI (7) | error | " +
           " ".join(held_out))
     for variant in validation["F1"]:
         val = [validation[fold][variant] for fold in FOLDS]
         held = np.array([held_out[alphabet][variant] for alphabet in held_out])
-        ci = stats.t.ppf(0.975, len(held) - 1) * held.std(ddof=1) / np.sqrt(len(held))
-        print(f"{variant} | {' / '.join(f'{v:.1f}' for v in val)} ({np.mean(val):.2f}) | {held.mean():.2f} ± {ci:.1f}"
-              f" | {100 - held.mean():.1f}% | " + " ".join(f"{a:.1f}" for a in held))
+        print(f"{variant} | {' / '.join(f'{v:.1f}' for v in val)} ({np.mean(val):.2f}) | {held.mean():.2f} ± "
+              f"{t_interval(held):.1f} | {100 - held.mean():.1f}% | " + " ".join(f"{a:.1f}" for a in held))
+    if args.against:
+        _, other = read_folds(args.against)
+        print(f"paired by alphabet, {args.prefix} minus {args.against}:")
+        for variant in held_out["Korean"]:
+            if variant not in other["Korean"]:
+                continue
+            diff = np.array([held_out[a][variant] - other[a][variant] for a in held_out])
+            print(f"{variant} | {diff.mean():+.2f} ± {t_interval(diff):.2f} | ahead on {(diff > 0).sum()} of "
+                  f"{len(diff)} | " + " ".join(f"{d:+.1f}" for d in diff))
 
 
 if __name__ == "__main__":
