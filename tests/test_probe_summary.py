@@ -57,3 +57,23 @@ def test_unfinished_probe_is_named(tmp_path: Path, content: str) -> None:
     (tmp_path / "run_F3.probe.txt").write_text(content)
     result = run(str(tmp_path / "run"))
     assert result.returncode != 0 and "run_F3.probe.txt holds no probe summary" in result.stderr
+
+
+def test_several_seeds_are_averaged_per_alphabet(tmp_path: Path) -> None:
+    seed0 = dict(zip(HELD, [98.0, 60.0, 94.0, 92.0, 99.0, 96.0, 91.0], strict=True))
+    seed1 = {a: v - (2.0 if a == "Balinese" else 0.5) for a, v in seed0.items()}
+    write_probes(tmp_path / "s0", seed0)
+    write_probes(tmp_path / "s1", seed1)
+    write_probes(tmp_path / "old", dict.fromkeys(HELD, 90.0))
+    result = run(str(tmp_path / "s0"), str(tmp_path / "s1"), "--against", str(tmp_path / "old"))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    mean_at = lines.index("mean of the 2 trainings, per alphabet first:")
+    balanced = [line for line in lines if line.startswith("T1 balance10 |") and "ahead on" not in line]
+    assert len(balanced) == 3  # each seed, then their mean
+    mean = {a: (seed0[a] + seed1[a]) / 2 for a in HELD}
+    expected = sum(mean.values()) / 7
+    assert lines.index(balanced[2]) > mean_at and f"| {expected:.2f} ±" in balanced[2]
+    assert f"{mean['Balinese']:.1f}" in balanced[2].split("|")[-1]
+    paired = next(line for line in lines if line.startswith("T1 balance10 |") and "ahead on" in line)
+    assert paired.startswith(f"T1 balance10 | {expected - 90.0:+.2f} ±")
